@@ -1,0 +1,420 @@
+//! The append-only journal: one line per change made through the mount (or by `restore`).
+//!
+//! Format (version 1, documented in `docs/on-disk-format.md`):
+//!
+//! ```text
+//! saferoot-journal 1
+//! <16 hex digits: first 8 bytes of blake3(json)> <json record>\n
+//! ```
+//!
+//! Every record is written with a single `write(2)` on an `O_APPEND` descriptor, so records from
+//! the daemon and from an offline `restore` interleave whole. A record whose checksum does not
+//! match, or a last line without its newline, is a torn write from a crash and is ignored on read;
+//! the bytes it would have described are already in the trash (the store writes data first), and
+//! the trash can be re-indexed from itself.
+//!
+//! What this module does not do: decide what an operation means for restore (see `restore`), or
+//! fsync after every record (that would make `rm -rf` of a large tree disk-bound; the journal is
+//! fsynced on unmount and by [`Journal::sync`]).
+
+use crate::relpath;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub const JOURNAL_FILE: &str = "journal";
+pub const HEADER: &str = "saferoot-journal 1\n";
+
+/// What happened. The inverse of each is applied by restore to go back in time.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// A daemon started serving the directory. No change to the tree.
+    Mount,
+    /// A daemon stopped serving the directory. No change to the tree.
+    Umount,
+    /// A regular file was created (`path` did not exist before).
+    Create,
+    /// A directory was created.
+    Mkdir,
+    /// A fifo, socket or device node was created.
+    Mknod,
+    /// A symlink was created; `target` holds its target.
+    Symlink,
+    /// A hard link `path` was made to the existing file `to`... see [`Record::to`].
+    Link,
+    /// `path` was removed. If it was the file's last link, the file was moved to `trash`;
+    /// otherwise its content was stored as `object` (if a regular file) and the link removed.
+    Unlink,
+    /// The empty directory `path` (with `mode`) was removed.
+    Rmdir,
+    /// `path` was renamed to `to`. If `to` existed, the replaced file went to `trash` first.
+    Rename,
+    /// `path` and `to` were swapped atomically (`RENAME_EXCHANGE`).
+    Exchange,
+    /// Metadata change on `path`: `mode` is the new mode, `old_mode` the previous one;
+    /// `size` is set for a truncate.
+    Setattr,
+    /// `path` was opened for writing and written (content not kept in this version).
+    Write,
+    /// Marker: a restore to instant `target_t` started. The changes it made follow as ordinary
+    /// records (`unlink` to trash for what it displaced, `create`/`mkdir`/`symlink` for what it
+    /// put back), so a later restore can undo it like any other change.
+    Restore,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Mount => "mount",
+            Op::Umount => "umount",
+            Op::Create => "create",
+            Op::Mkdir => "mkdir",
+            Op::Mknod => "mknod",
+            Op::Symlink => "symlink",
+            Op::Link => "link",
+            Op::Unlink => "unlink",
+            Op::Rmdir => "rmdir",
+            Op::Rename => "rename",
+            Op::Exchange => "exchange",
+            Op::Setattr => "setattr",
+            Op::Write => "write",
+            Op::Restore => "restore",
+        }
+    }
+}
+
+/// The type of a file system object, as recorded in the journal.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    /// From the `S_IFMT` bits of a mode.
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+}
+
+/// One journal record. Paths are relative to the project root; `trash` is relative to the
+/// store directory. Optional fields are omitted from the JSON when absent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// UTC nanoseconds since the Unix epoch.
+    pub t: i64,
+    pub op: Op,
+    #[serde(with = "relpath")]
+    pub path: PathBuf,
+    /// Second path: rename/exchange destination; for `link`, the new name.
+    #[serde(
+        with = "relpath::opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub to: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    /// Permission bits (and file type bits) of the object the record is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Backing inode number: file identity across renames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    /// Where the old bytes are, relative to the store directory.
+    #[serde(
+        with = "relpath::opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trash: Option<PathBuf>,
+    /// blake3 (hex) of content kept in `objects/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// Symlink target for `symlink` records.
+    #[serde(
+        with = "relpath::opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub target: Option<PathBuf>,
+    /// For `restore` markers: the instant restored to (UTC ns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_t: Option<i64>,
+    /// The process that made the change.
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl Record {
+    /// A record with only the mandatory fields set; fill the rest with struct update syntax.
+    pub fn new(
+        t: i64,
+        op: Op,
+        path: impl Into<PathBuf>,
+        pid: u32,
+        comm: impl Into<String>,
+    ) -> Self {
+        Record {
+            t,
+            op,
+            path: path.into(),
+            to: None,
+            kind: None,
+            mode: None,
+            old_mode: None,
+            size: None,
+            ino: None,
+            trash: None,
+            object: None,
+            target: None,
+            target_t: None,
+            pid,
+            comm: comm.into(),
+        }
+    }
+}
+
+fn checksum(json: &[u8]) -> String {
+    let h = blake3::hash(json);
+    let mut s = String::with_capacity(16);
+    for b in &h.as_bytes()[..8] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Encode one record as its journal line (with checksum and newline).
+pub fn encode(rec: &Record) -> Vec<u8> {
+    let json = serde_json::to_vec(rec).expect("journal records always serialize");
+    let mut line = Vec::with_capacity(json.len() + 18);
+    line.extend_from_slice(checksum(&json).as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    line
+}
+
+/// The open journal, shared by every thread that records changes.
+pub struct Journal {
+    file: Mutex<File>,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Open (creating with its header if new) the journal in the store directory `store`.
+    pub fn open(store: BorrowedFd<'_>, store_path: &Path) -> Result<Journal> {
+        let path = store_path.join(JOURNAL_FILE);
+        let fd = nix::fcntl::openat(
+            store,
+            JOURNAL_FILE,
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_APPEND
+                | nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| Error::io("open journal", &path, e))?;
+        let mut file = File::from(fd);
+        let len = file
+            .metadata()
+            .map_err(|e| Error::Io {
+                op: "stat journal",
+                path: path.clone(),
+                source: e,
+            })?
+            .len();
+        if len == 0 {
+            file.write_all(HEADER.as_bytes()).map_err(|e| Error::Io {
+                op: "write journal header",
+                path: path.clone(),
+                source: e,
+            })?;
+        }
+        Ok(Journal {
+            file: Mutex::new(file),
+            path,
+        })
+    }
+
+    /// Append one record. The caller must have put any bytes the record refers to in place
+    /// before calling this.
+    pub fn append(&self, rec: &Record) -> Result<()> {
+        let line = encode(rec);
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(&line).map_err(|e| Error::Io {
+            op: "append to journal",
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    /// fsync the journal.
+    pub fn sync(&self) -> Result<()> {
+        let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.sync_all().map_err(|e| Error::Io {
+            op: "fsync journal",
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What [`read`] found besides the records.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadReport {
+    /// Lines in the middle of the journal whose checksum or JSON was bad (skipped).
+    pub corrupt: usize,
+    /// A torn last line was ignored.
+    pub torn_tail: bool,
+}
+
+/// Read every valid record, in file order (which is time order up to clock steps; callers that
+/// need strict time order sort stably by `t`).
+pub fn read(store: BorrowedFd<'_>, store_path: &Path) -> Result<(Vec<Record>, ReadReport)> {
+    let path = store_path.join(JOURNAL_FILE);
+    let fd = match nix::fcntl::openat(
+        store,
+        JOURNAL_FILE,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok((Vec::new(), ReadReport::default())),
+        Err(e) => return Err(Error::io("open journal", &path, e)),
+    };
+    let mut buf = Vec::new();
+    File::from(fd)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Io {
+            op: "read journal",
+            path: path.clone(),
+            source: e,
+        })?;
+    parse(&buf, &path)
+}
+
+/// Parse journal bytes (see [`read`]).
+pub fn parse(buf: &[u8], path: &Path) -> Result<(Vec<Record>, ReadReport)> {
+    let mut report = ReadReport::default();
+    if buf.is_empty() {
+        return Ok((Vec::new(), report));
+    }
+    let body = match buf.strip_prefix(HEADER.as_bytes()) {
+        Some(b) => b,
+        None => {
+            let first = buf.split(|&c| c == b'\n').next().unwrap_or_default();
+            return Err(Error::Format {
+                path: path.to_owned(),
+                what: format!(
+                    "unknown journal header {:?} (this saferoot reads version 1)",
+                    String::from_utf8_lossy(first)
+                ),
+            });
+        }
+    };
+    let mut records = Vec::new();
+    let mut lines: Vec<&[u8]> = body.split(|&c| c == b'\n').collect();
+    // split() yields a final empty piece when the body ends with '\n'; anything else there is a
+    // line without its newline: a torn write.
+    let last = lines.pop().unwrap_or_default();
+    if !last.is_empty() {
+        report.torn_tail = true;
+    }
+    let n = lines.len();
+    for (i, line) in lines.into_iter().enumerate() {
+        match decode_line(line) {
+            Some(r) => records.push(r),
+            None if i + 1 == n => report.torn_tail = true,
+            None => report.corrupt += 1,
+        }
+    }
+    Ok((records, report))
+}
+
+fn decode_line(line: &[u8]) -> Option<Record> {
+    if line.len() < 18 || line[16] != b' ' {
+        return None;
+    }
+    let (sum, json) = (&line[..16], &line[17..]);
+    if checksum(json).as_bytes() != sum {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(t: i64, p: &str) -> Record {
+        Record {
+            trash: Some(PathBuf::from("trash/x")),
+            ..Record::new(t, Op::Unlink, p, 42, "rm")
+        }
+    }
+
+    #[test]
+    fn round_trip_and_torn_tail() {
+        let mut buf = HEADER.as_bytes().to_vec();
+        buf.extend(encode(&rec(1, "a")));
+        buf.extend(encode(&rec(2, "b")));
+        let (r, rep) = parse(&buf, Path::new("j")).unwrap();
+        assert_eq!(r, vec![rec(1, "a"), rec(2, "b")]);
+        assert_eq!(rep, ReadReport::default());
+
+        // Torn: half a line at the end.
+        let third = encode(&rec(3, "c"));
+        buf.extend_from_slice(&third[..third.len() / 2]);
+        let (r, rep) = parse(&buf, Path::new("j")).unwrap();
+        assert_eq!(r.len(), 2);
+        assert!(rep.torn_tail);
+    }
+
+    #[test]
+    fn corrupt_middle_line_is_skipped_and_counted() {
+        let mut buf = HEADER.as_bytes().to_vec();
+        let mut bad = encode(&rec(1, "a"));
+        bad[20] ^= 1;
+        buf.extend(bad);
+        buf.extend(encode(&rec(2, "b")));
+        let (r, rep) = parse(&buf, Path::new("j")).unwrap();
+        assert_eq!(r, vec![rec(2, "b")]);
+        assert_eq!(rep.corrupt, 1);
+        assert!(!rep.torn_tail);
+    }
+
+    #[test]
+    fn unknown_header_is_an_error() {
+        let e = parse(b"saferoot-journal 9\n", Path::new("j")).unwrap_err();
+        assert!(e.to_string().contains("version 1"), "{e}");
+    }
+}

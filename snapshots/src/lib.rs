@@ -1,0 +1,63 @@
+//! saferoot's store: the trash, the blake3 object store and index, the append-only journal,
+//! time resolution, and restore planning and execution.
+//!
+//! Everything here works on a plain directory through file descriptors (`*at()` calls on the
+//! project directory and on its `.saferoot/` store), with or without a FUSE mount in front of it.
+//! This crate knows nothing about FUSE, Landlock or the command line.
+
+pub mod index;
+pub mod journal;
+pub mod relpath;
+pub mod restore;
+pub mod store;
+pub mod time;
+
+pub use journal::{Journal, Kind, Op, Record};
+pub use store::Store;
+
+use std::path::{Path, PathBuf};
+
+/// Errors name the operation and the path they happened on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {what}", path.display())]
+    Format { path: PathBuf, what: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(op: &'static str, path: &Path, errno: nix::errno::Errno) -> Error {
+        Error::Io {
+            op,
+            path: path.to_owned(),
+            source: std::io::Error::from_raw_os_error(errno as i32),
+        }
+    }
+
+    /// The errno to hand back to a filesystem caller when this error stops an operation.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::Format { .. } => libc::EIO,
+            Error::Invalid(_) => libc::EINVAL,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Current UTC time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_secs() as i64 * 1_000_000_000 + d.subsec_nanos() as i64
+}

@@ -1,0 +1,1 @@
+//! Placeholder: restore (being written).

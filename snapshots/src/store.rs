@@ -1,0 +1,683 @@
+//! The store directory `<project>/.saferoot/`: its creation and markers, the trash, and the
+//! content-addressed object store.
+//!
+//! Layout (version 1, see `docs/on-disk-format.md`):
+//!
+//! ```text
+//! .saferoot/
+//!   format                 "saferoot-store 1"
+//!   .git/                  minimal repository marker: `git clean -fdx` skips nested repositories
+//!   journal                see journal.rs
+//!   index                  blake3 of trash items, see index.rs
+//!   trash/<UTC second>Z[.N]/<original relative path>
+//!   objects/<2 hex>/<62 hex>
+//!   tmp/                   staging for objects
+//! ```
+//!
+//! Moving a file into the trash is one `renameat2(RENAME_NOREPLACE)` on the same filesystem: the
+//! cost does not depend on the file's size, and mode, mtime and inode are kept. A person can find
+//! a deleted file with `ls .saferoot/trash/*/path/to/file`.
+//!
+//! What this module does not do: journal (callers journal after the bytes are safe), hash on the
+//! request path (see index.rs), or know which operations need diverting (the FUSE layer decides).
+
+use crate::journal::Journal;
+use crate::{Error, Result};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::Mode;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+
+/// Name of the store directory inside the project.
+pub const STORE_DIR: &str = ".saferoot";
+pub const FORMAT_FILE: &str = "format";
+pub const FORMAT: &str = "saferoot-store 1\n";
+pub const TRASH_DIR: &str = "trash";
+pub const OBJECTS_DIR: &str = "objects";
+pub const TMP_DIR: &str = "tmp";
+
+/// How many same-second buckets to try before giving up on a trash name.
+const MAX_BUCKETS: u32 = 100_000;
+
+pub struct Store {
+    project: OwnedFd,
+    project_path: PathBuf,
+    dir: OwnedFd,
+    dir_path: PathBuf,
+    journal: Journal,
+    /// Trash directories known to exist (relative to the store), to skip `mkdir` calls.
+    made_dirs: Mutex<HashSet<PathBuf>>,
+    /// Per second: the bucket to start from for a relative path deleted again in that second.
+    buckets: Mutex<(String, HashMap<PathBuf, u32>)>,
+}
+
+/// Reject absolute paths, `..`, and empty paths: every path the store handles is inside the
+/// project.
+pub fn check_relative(rel: &Path) -> Result<()> {
+    if rel.as_os_str().is_empty() {
+        return Err(Error::Invalid("empty path".into()));
+    }
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "path {} is not a plain relative path",
+                    rel.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_dir_at(dir: BorrowedFd<'_>, name: &Path, shown: &Path) -> Result<OwnedFd> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open directory", shown, e))
+}
+
+fn mkdir_ok_if_exists(dir: BorrowedFd<'_>, name: &Path, mode: u32, shown: &Path) -> Result<()> {
+    match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(mode)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(Error::io("mkdir", shown, e)),
+    }
+}
+
+fn write_file_at(dir: BorrowedFd<'_>, name: &str, data: &[u8], shown: &Path) -> Result<()> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Error::io("create", &shown.join(name), e))?;
+    std::fs::File::from(fd)
+        .write_all(data)
+        .map_err(|e| Error::Io {
+            op: "write",
+            path: shown.join(name),
+            source: e,
+        })
+}
+
+fn read_small_at(dir: BorrowedFd<'_>, name: &str) -> std::result::Result<Vec<u8>, Errno> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?;
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut v)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(v)
+}
+
+/// UTC second of `t_ns` as used in trash bucket names: `2026-12-03T12:40:01Z`.
+pub fn trash_stamp(t_ns: i64) -> String {
+    let secs = t_ns.div_euclid(1_000_000_000);
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+impl Store {
+    /// Open the store of the project directory `project` (an fd on the real directory, never
+    /// the mount), creating it and its markers if it does not exist yet.
+    pub fn open_or_create(project: BorrowedFd<'_>, project_path: &Path) -> Result<Store> {
+        let dir_path = project_path.join(STORE_DIR);
+        match nix::sys::stat::mkdirat(project, STORE_DIR, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => {
+                let dir = open_dir_at(project, Path::new(STORE_DIR), &dir_path)?;
+                init_layout(dir.as_fd(), &dir_path)?;
+                exclude_from_enclosing_git(project_path);
+            }
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(Error::io("create store", &dir_path, e)),
+        }
+        Self::open_existing(project, project_path)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "store {} vanished while opening",
+                dir_path.display()
+            ))
+        })
+    }
+
+    /// Open the store if the project has one; `Ok(None)` if it has none.
+    pub fn open_existing(project: BorrowedFd<'_>, project_path: &Path) -> Result<Option<Store>> {
+        let dir_path = project_path.join(STORE_DIR);
+        let dir = match nix::fcntl::openat(
+            project,
+            STORE_DIR,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(Error::io("open store", &dir_path, e)),
+        };
+        match read_small_at(dir.as_fd(), FORMAT_FILE) {
+            Ok(v) if v == FORMAT.as_bytes() => {}
+            Ok(v) => {
+                return Err(Error::Format {
+                    path: dir_path.join(FORMAT_FILE),
+                    what: format!(
+                        "unsupported store format {:?} (this saferoot reads {:?})",
+                        String::from_utf8_lossy(&v).trim(),
+                        FORMAT.trim()
+                    ),
+                })
+            }
+            // A store whose creation was interrupted before the format file: finish it.
+            Err(Errno::ENOENT) => init_layout(dir.as_fd(), &dir_path)?,
+            Err(e) => return Err(Error::io("read", &dir_path.join(FORMAT_FILE), e)),
+        }
+        let journal = Journal::open(dir.as_fd(), &dir_path)?;
+        let project = project.try_clone_to_owned().map_err(|e| Error::Io {
+            op: "dup project fd",
+            path: project_path.to_owned(),
+            source: e,
+        })?;
+        Ok(Some(Store {
+            project,
+            project_path: project_path.to_owned(),
+            dir,
+            dir_path,
+            journal,
+            made_dirs: Mutex::new(HashSet::new()),
+            buckets: Mutex::new((String::new(), HashMap::new())),
+        }))
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// The real project directory (never the mount).
+    pub fn project(&self) -> BorrowedFd<'_> {
+        self.project.as_fd()
+    }
+
+    pub fn dir_path(&self) -> &Path {
+        &self.dir_path
+    }
+
+    pub fn project_path(&self) -> &Path {
+        &self.project_path
+    }
+
+    /// Make `rel_dir` (relative to the store) and its parents exist.
+    fn make_dirs(&self, rel_dir: &Path) -> Result<()> {
+        if self
+            .made_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(rel_dir)
+        {
+            return Ok(());
+        }
+        let mut cur = PathBuf::new();
+        for c in rel_dir.components() {
+            cur.push(c);
+            if self
+                .made_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&cur)
+            {
+                continue;
+            }
+            match nix::sys::stat::mkdirat(self.dir.as_fd(), &cur, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(Error::io("mkdir in trash", &self.dir_path.join(&cur), e)),
+            }
+            self.made_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cur.clone());
+        }
+        Ok(())
+    }
+
+    /// Move the entry `name` of directory `parent` (whose project-relative path is `rel`) into
+    /// the trash bucket of instant `t_ns`, by rename. Returns its path relative to the store.
+    ///
+    /// Works for every file type, directories included (a whole subtree moves in one rename).
+    /// Fails, leaving the entry where it was, if the rename cannot be done (e.g. the entry is
+    /// on another filesystem: EXDEV).
+    pub fn divert_to_trash(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        t_ns: i64,
+    ) -> Result<PathBuf> {
+        check_relative(rel)?;
+        let stamp = trash_stamp(t_ns);
+        let start = {
+            let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            if b.0 != stamp {
+                b.0 = stamp.clone();
+                b.1.clear();
+            }
+            b.1.get(rel).copied().unwrap_or(0)
+        };
+        for n in start..MAX_BUCKETS {
+            let bucket = if n == 0 {
+                stamp.clone()
+            } else {
+                format!("{stamp}.{n}")
+            };
+            let dest = Path::new(TRASH_DIR).join(&bucket).join(rel);
+            if let Some(p) = dest.parent() {
+                match self.make_dirs(p) {
+                    Ok(()) => {}
+                    // A file of the same name as one of rel's parents was trashed this second.
+                    Err(Error::Io { ref source, .. })
+                        if matches!(source.raw_os_error(), Some(libc::ENOTDIR)) =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match nix::fcntl::renameat2(
+                parent,
+                name,
+                self.dir.as_fd(),
+                &dest,
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => {
+                    let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+                    if b.0 == stamp {
+                        b.1.insert(rel.to_owned(), n + 1);
+                    }
+                    return Ok(dest);
+                }
+                Err(Errno::EEXIST) | Err(Errno::ENOTDIR) => continue,
+                Err(Errno::ENOENT) => {
+                    // The trash directory may have been removed behind our back (e.g. by
+                    // retention): forget what we thought existed and retry this bucket once.
+                    let existed = self
+                        .made_dirs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(dest.parent().unwrap_or(Path::new("")));
+                    if existed {
+                        self.make_dirs(dest.parent().unwrap_or(Path::new("")))?;
+                        if nix::fcntl::renameat2(
+                            parent,
+                            name,
+                            self.dir.as_fd(),
+                            &dest,
+                            RenameFlags::RENAME_NOREPLACE,
+                        )
+                        .is_ok()
+                        {
+                            return Ok(dest);
+                        }
+                    }
+                    return Err(Error::io(
+                        "move to trash",
+                        &self.project_path.join(rel),
+                        Errno::ENOENT,
+                    ));
+                }
+                Err(e) => return Err(Error::io("move to trash", &self.project_path.join(rel), e)),
+            }
+        }
+        Err(Error::io(
+            "move to trash",
+            &self.project_path.join(rel),
+            Errno::ENOSPC,
+        ))
+    }
+
+    /// Copy the content of the open regular file `src` into the object store, named by its
+    /// blake3. Returns the hex hash. Nothing is copied if the object already exists.
+    /// The copy is a reflink where the filesystem supports it, `copy_file_range` otherwise.
+    pub fn put_object(&self, src: BorrowedFd<'_>) -> Result<String> {
+        let hash = hash_fd(src).map_err(|e| Error::io("hash", &self.dir_path, e))?;
+        let hex = hash.to_hex().to_string();
+        let rel = object_rel(&hex);
+        match nix::sys::stat::fstatat(self.dir.as_fd(), &rel, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(_) => return Ok(hex),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(Error::io("stat object", &self.dir_path.join(&rel), e)),
+        }
+        self.make_dirs(Path::new(TMP_DIR))?;
+        self.make_dirs(rel.parent().unwrap_or(Path::new(OBJECTS_DIR)))?;
+        let tmp_rel = Path::new(TMP_DIR).join(format!(
+            "{}.{}.{}",
+            &hex[..16],
+            std::process::id(),
+            crate::now_ns()
+        ));
+        let dst = nix::fcntl::openat(
+            self.dir.as_fd(),
+            &tmp_rel,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o400),
+        )
+        .map_err(|e| Error::io("create object", &self.dir_path.join(&tmp_rel), e))?;
+        let copied = clone_or_copy(src, dst.as_fd());
+        let synced = copied.and_then(|()| nix::unistd::fsync(dst.as_fd()));
+        let result = synced.and_then(|()| {
+            nix::fcntl::renameat2(
+                self.dir.as_fd(),
+                &tmp_rel,
+                self.dir.as_fd(),
+                &rel,
+                RenameFlags::RENAME_NOREPLACE,
+            )
+            .or_else(|e| if e == Errno::EEXIST { Ok(()) } else { Err(e) })
+        });
+        if let Err(e) = result {
+            let _ = nix::unistd::unlinkat(
+                self.dir.as_fd(),
+                &tmp_rel,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+            return Err(Error::io("store object", &self.dir_path.join(&rel), e));
+        }
+        let _ = nix::unistd::unlinkat(
+            self.dir.as_fd(),
+            &tmp_rel,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        Ok(hex)
+    }
+}
+
+/// `objects/ab/cdef…` for a hex hash.
+pub fn object_rel(hex: &str) -> PathBuf {
+    Path::new(OBJECTS_DIR).join(&hex[..2]).join(&hex[2..])
+}
+
+/// blake3 of everything readable from `fd` (from offset 0, with pread).
+pub fn hash_fd(fd: BorrowedFd<'_>) -> std::result::Result<blake3::Hash, Errno> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut off: i64 = 0;
+    loop {
+        let n = nix::sys::uio::pread(fd, &mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as i64;
+    }
+    Ok(h.finalize())
+}
+
+/// Make `dst` (empty, writable) hold the same bytes as `src`: FICLONE first (O(1) on btrfs, XFS,
+/// bcachefs), then `copy_file_range` (in-kernel copy), then read/write.
+pub fn clone_or_copy(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
+    // SAFETY: FICLONE takes the source fd as its argument; both fds are valid for the call.
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    if r == 0 {
+        return Ok(());
+    }
+    let mut off_in: i64 = 0;
+    let mut off_out: i64 = 0;
+    let mut use_cfr = true;
+    let mut buf = Vec::new();
+    loop {
+        if use_cfr {
+            // SAFETY: offsets are valid pointers to i64 for the duration of the call.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    &mut off_out,
+                    1 << 30,
+                    0,
+                )
+            };
+            if n > 0 {
+                continue;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            let e = Errno::last();
+            if matches!(
+                e,
+                Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP
+            ) {
+                use_cfr = false;
+                buf.resize(1 << 16, 0);
+                continue;
+            }
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = nix::sys::uio::pread(src, &mut buf, off_in)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut done = 0;
+        while done < n {
+            done += nix::sys::uio::pwrite(dst, &buf[done..n], off_out + done as i64)?;
+        }
+        off_in += n as i64;
+        off_out += n as i64;
+    }
+}
+
+fn init_layout(dir: BorrowedFd<'_>, dir_path: &Path) -> Result<()> {
+    for d in [TRASH_DIR, OBJECTS_DIR, TMP_DIR] {
+        mkdir_ok_if_exists(dir, Path::new(d), 0o700, &dir_path.join(d))?;
+    }
+    // A nested repository marker: `git clean -fdx` (even with -x) leaves nested repositories
+    // alone unless given -f twice. It needs HEAD, objects/ and refs/ to be recognised.
+    let git = Path::new(".git");
+    mkdir_ok_if_exists(dir, git, 0o700, &dir_path.join(git))?;
+    mkdir_ok_if_exists(dir, &git.join("objects"), 0o700, dir_path)?;
+    mkdir_ok_if_exists(dir, &git.join("refs"), 0o700, dir_path)?;
+    let gitdir = open_dir_at(dir, git, &dir_path.join(git))?;
+    write_file_at(
+        gitdir.as_fd(),
+        "HEAD",
+        b"ref: refs/heads/main\n",
+        &dir_path.join(git),
+    )?;
+    write_file_at(
+        gitdir.as_fd(),
+        "description",
+        b"Marker only: makes `git clean` treat saferoot's store as a nested repository and keep it.\n",
+        &dir_path.join(git),
+    )?;
+    write_file_at(dir, ".gitignore", b"*\n", dir_path)?;
+    // Written last: its presence says the layout is complete.
+    write_file_at(dir, FORMAT_FILE, FORMAT.as_bytes(), dir_path)?;
+    let _ = nix::unistd::fsync(dir);
+    Ok(())
+}
+
+/// If the project is inside a git work tree, add the store to that repository's
+/// `info/exclude` so `git status` and `git add -A` ignore it. Best effort: a project that is
+/// not in a repository, or an unusual repository layout, is left alone.
+fn exclude_from_enclosing_git(project_path: &Path) {
+    let Ok(project) = project_path.canonicalize() else {
+        return;
+    };
+    for top in project.ancestors() {
+        let dotgit = top.join(".git");
+        let Ok(meta) = std::fs::symlink_metadata(&dotgit) else {
+            continue;
+        };
+        let gitdir = if meta.is_dir() {
+            dotgit
+        } else if let Ok(s) = std::fs::read_to_string(&dotgit) {
+            // A worktree or submodule: ".git" is a file "gitdir: <path>".
+            let Some(p) = s.trim().strip_prefix("gitdir:") else {
+                return;
+            };
+            let p = top.join(p.trim());
+            match std::fs::read_to_string(p.join("commondir")) {
+                Ok(c) => p.join(c.trim()),
+                Err(_) => p,
+            }
+        } else {
+            return;
+        };
+        let Ok(rel) = project.strip_prefix(top) else {
+            return;
+        };
+        let mut pattern = b"/".to_vec();
+        if !rel.as_os_str().is_empty() {
+            pattern.extend_from_slice(rel.as_os_str().as_bytes());
+            pattern.push(b'/');
+        }
+        pattern.extend_from_slice(STORE_DIR.as_bytes());
+        pattern.extend_from_slice(b"/\n");
+        let exclude = gitdir.join("info").join("exclude");
+        let existing = std::fs::read(&exclude).unwrap_or_default();
+        if existing
+            .split(|&c| c == b'\n')
+            .any(|l| l == &pattern[..pattern.len() - 1])
+        {
+            return;
+        }
+        let _ = std::fs::create_dir_all(gitdir.join("info"));
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&exclude)
+        {
+            let mut line = Vec::new();
+            if !existing.is_empty() && !existing.ends_with(b"\n") {
+                line.push(b'\n');
+            }
+            line.extend_from_slice(
+                b"# saferoot's store (history of deleted and overwritten files)\n",
+            );
+            line.extend_from_slice(&pattern);
+            let _ = f.write_all(&line);
+        }
+        return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn setup() -> (tempfile::TempDir, OwnedFd, Store) {
+        let t = tempfile::tempdir().unwrap();
+        let fd: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let s = Store::open_or_create(fd.as_fd(), t.path()).unwrap();
+        (t, fd, s)
+    }
+
+    #[test]
+    fn divert_keeps_bytes_mode_mtime_and_path() {
+        let (t, fd, s) = setup();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        let f = t.path().join("a/b/c.txt");
+        std::fs::write(&f, b"hello").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o751)).unwrap();
+        let before = std::fs::metadata(&f).unwrap();
+        let parent: OwnedFd = std::fs::File::open(t.path().join("a/b")).unwrap().into();
+        let t_ns = 1_700_000_000_123_456_789;
+        let rel = s
+            .divert_to_trash(
+                parent.as_fd(),
+                OsStr::new("c.txt"),
+                Path::new("a/b/c.txt"),
+                t_ns,
+            )
+            .unwrap();
+        assert_eq!(rel, Path::new("trash/2023-11-14T22:13:20Z/a/b/c.txt"));
+        assert!(!f.exists());
+        let kept = t.path().join(".saferoot").join(&rel);
+        assert_eq!(std::fs::read(&kept).unwrap(), b"hello");
+        let m = std::fs::metadata(&kept).unwrap();
+        assert_eq!(m.mode(), before.mode());
+        assert_eq!(m.mtime_nsec(), before.mtime_nsec());
+        assert_eq!(m.ino(), before.ino());
+
+        // Same path again in the same second: a second bucket, nothing overwritten.
+        std::fs::write(&f, b"again").unwrap();
+        let rel2 = s
+            .divert_to_trash(
+                parent.as_fd(),
+                OsStr::new("c.txt"),
+                Path::new("a/b/c.txt"),
+                t_ns,
+            )
+            .unwrap();
+        assert_eq!(rel2, Path::new("trash/2023-11-14T22:13:20Z.1/a/b/c.txt"));
+        assert_eq!(std::fs::read(&kept).unwrap(), b"hello");
+        drop(fd);
+    }
+
+    #[test]
+    fn file_then_dir_of_same_name_in_one_second() {
+        let (t, _fd, s) = setup();
+        let root: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        std::fs::write(t.path().join("x"), b"file").unwrap();
+        s.divert_to_trash(root.as_fd(), OsStr::new("x"), Path::new("x"), 0)
+            .unwrap();
+        std::fs::create_dir(t.path().join("x")).unwrap();
+        std::fs::write(t.path().join("x/y"), b"inner").unwrap();
+        let xd: OwnedFd = std::fs::File::open(t.path().join("x")).unwrap().into();
+        let rel = s
+            .divert_to_trash(xd.as_fd(), OsStr::new("y"), Path::new("x/y"), 0)
+            .unwrap();
+        assert_eq!(rel, Path::new("trash/1970-01-01T00:00:00Z.1/x/y"));
+    }
+
+    #[test]
+    fn objects_are_deduplicated() {
+        let (t, _fd, s) = setup();
+        std::fs::write(t.path().join("f"), b"content").unwrap();
+        let f = std::fs::File::open(t.path().join("f")).unwrap();
+        let h1 = s.put_object(f.as_fd()).unwrap();
+        let h2 = s.put_object(f.as_fd()).unwrap();
+        assert_eq!(h1, h2);
+        assert_eq!(h1, blake3::hash(b"content").to_hex().to_string());
+        let p = t.path().join(".saferoot").join(object_rel(&h1));
+        assert_eq!(std::fs::read(p).unwrap(), b"content");
+    }
+
+    #[test]
+    fn rejects_escaping_paths() {
+        assert!(check_relative(Path::new("../x")).is_err());
+        assert!(check_relative(Path::new("/x")).is_err());
+        assert!(check_relative(Path::new("")).is_err());
+        assert!(check_relative(Path::new("a/b")).is_ok());
+    }
+
+    #[test]
+    fn reopen_checks_format() {
+        let (t, fd, s) = setup();
+        drop(s);
+        std::fs::write(t.path().join(".saferoot/format"), b"saferoot-store 7\n").unwrap();
+        let e = Store::open_existing(fd.as_fd(), t.path()).err().unwrap();
+        assert!(e.to_string().contains("unsupported store format"), "{e}");
+    }
+}
