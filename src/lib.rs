@@ -1,1 +1,9 @@
+//! saferoot's command line, mount lifecycle and sandbox. The filesystem is in `saferoot-fuse`,
+//! the store (trash, journal, restore) in `saferoot-snapshots`.
 
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod mounts;
+pub mod run;
+pub mod sandbox;

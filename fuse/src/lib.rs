@@ -1,1 +1,1652 @@
+//! saferoot's filesystem: a FUSE passthrough of the real project directory that keeps what
+//! destructive operations would destroy.
+//!
+//! Every operation is forwarded with `*at()` calls relative to descriptors on the real directory,
+//! opened before the mount covered it. Before an unlink of a file's last link, or a rename over
+//! an existing name, the old object is moved into the store's trash by rename (O(1) in file
+//! size) and only then is the operation reported done; every change is journaled with the
+//! process that made it. The store directory (`.saferoot` at the root) does not exist as far as
+//! the mount is concerned.
+//!
+//! Requests are served on several threads; there is no lock around backing I/O (the inode table
+//! and handle tables are locked only to look entries up).
+//!
+//! What this crate does not do: decide policy about who may use the mount (the kernel enforces
+//! permissions via `default_permissions`; the sandbox is the CLI's job), or restore anything.
 
+pub mod node;
+pub mod sys;
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+use log::warn;
+use nix::errno::Errno as NixErrno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode};
+use node::{Fd, Node, Table, ROOT_ID};
+use saferoot_snapshots::{index::Indexer, now_ns, Kind, Op, Record, Store};
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use saferoot_snapshots::store::STORE_DIR;
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long the kernel may cache names and attributes. Nothing but this daemon changes the
+    /// backing directory while it is mounted (restore asks the daemon to invalidate), so this
+    /// can be long.
+    pub ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+struct OpenFile {
+    fd: OwnedFd,
+}
+
+struct DirHandle {
+    fd: OwnedFd,
+    /// Entries read at the first `readdir` of offset 0: (d_ino, S_IFMT bits, name).
+    entries: Option<Vec<(u64, u32, OsString)>>,
+}
+
+/// State shared by all request threads, and by the daemon's control thread.
+pub struct Shared {
+    table: Table,
+    /// The project directory's path as the kernel reports it for descriptors under it.
+    root_prefix: PathBuf,
+    store: Arc<Store>,
+    indexer: Mutex<Option<Indexer>>,
+    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    dirs: RwLock<HashMap<u64, Arc<Mutex<DirHandle>>>>,
+    next_fh: AtomicU64,
+    comms: Mutex<HashMap<u32, (Instant, String)>>,
+    opts: Options,
+}
+
+pub struct SaferootFs {
+    shared: Arc<Shared>,
+}
+
+fn errno(e: NixErrno) -> Errno {
+    Errno::from_i32(e as i32)
+}
+
+fn store_errno(e: &saferoot_snapshots::Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn systime(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::new((-secs) as u64, 0) + Duration::from_nanos(nsecs as u64)
+    }
+}
+
+fn file_type(fmt: u32) -> FileType {
+    match fmt & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn is_store(parent: INodeNo, name: &OsStr) -> bool {
+    parent.0 == ROOT_ID && name.as_bytes() == STORE_DIR.as_bytes()
+}
+
+impl SaferootFs {
+    /// `root` is a descriptor on the real project directory (opened before mounting over it);
+    /// `root_path` its path, used in messages and to compute relative paths.
+    pub fn new(root: OwnedFd, store: Arc<Store>, opts: Options) -> std::io::Result<SaferootFs> {
+        let root_prefix = sys::fd_path(root.as_fd())?;
+        let table = Table::new(root)?;
+        let indexer = Indexer::start(store.clone()).map_err(std::io::Error::other)?;
+        Ok(SaferootFs {
+            shared: Arc::new(Shared {
+                table,
+                root_prefix,
+                store,
+                indexer: Mutex::new(Some(indexer)),
+                files: RwLock::new(HashMap::new()),
+                dirs: RwLock::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                comms: Mutex::new(HashMap::new()),
+                opts,
+            }),
+        })
+    }
+
+    /// A handle on the state, for the daemon's control thread (invalidation, shutdown).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+impl Shared {
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Hash everything queued and stop the indexer (at unmount).
+    pub fn finish_indexing(&self) {
+        if let Some(ix) = self.indexer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            ix.finish();
+        }
+    }
+
+    /// For each project-relative path, the kernel cache entries to drop after the backing tree
+    /// was changed behind the kernel's back (by `restore`): (parent node, name, node if known).
+    pub fn cached_entries(&self, paths: &[PathBuf]) -> Vec<(u64, OsString, Option<u64>)> {
+        let mut out = Vec::new();
+        for p in paths {
+            let mut parent = ROOT_ID;
+            let mut dir: Fd<'_> = Fd::Borrowed(self.table.root_fd());
+            let comps: Vec<&OsStr> = p.iter().collect();
+            for (i, c) in comps.iter().enumerate() {
+                let st = nix::sys::stat::fstatat(dir.fd(), *c, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+                let known = st.and_then(|st| self.table.known(st.st_dev, st.st_ino));
+                out.push((parent, c.to_os_string(), known));
+                if i + 1 == comps.len() {
+                    break;
+                }
+                let (Some(id), Ok(next)) = (
+                    known,
+                    nix::fcntl::openat(
+                        dir.fd(),
+                        *c,
+                        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    ),
+                ) else {
+                    break;
+                };
+                parent = id;
+                dir = Fd::Owned(next);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn comm(&self, pid: u32) -> String {
+        if pid == 0 {
+            return "kernel".into();
+        }
+        let now = Instant::now();
+        {
+            let c = self.comms.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((t, s)) = c.get(&pid) {
+                if now.duration_since(*t) < Duration::from_millis(500) {
+                    return s.clone();
+                }
+            }
+        }
+        let s = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|s| s.trim_end_matches('\n').to_owned())
+            .unwrap_or_else(|_| "?".into());
+        let mut c = self.comms.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() > 4096 {
+            c.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_millis(500));
+        }
+        c.insert(pid, (now, s.clone()));
+        s
+    }
+
+    fn journal(&self, req: &Request, rec: Record) {
+        let rec = Record {
+            pid: req.pid(),
+            comm: self.comm(req.pid()),
+            ..rec
+        };
+        if let Err(e) = self.store.journal().append(&rec) {
+            // The bytes are already safe in the store; only the record is missing, and the
+            // trash is re-indexed from itself at the next mount.
+            warn!("journal append failed: {e}");
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
+        self.table.get(ino.0).map_err(errno)
+    }
+
+    fn path_fd<'a>(&'a self, node: &Node) -> Result<Fd<'a>, Errno> {
+        self.table.open(node, OFlag::O_PATH).map_err(errno)
+    }
+
+    /// Project-relative path of a directory node, from the kernel's view of its descriptor.
+    fn dir_rel(&self, node: &Node, fd: BorrowedFd<'_>) -> Result<PathBuf, Errno> {
+        if node.id == ROOT_ID {
+            return Ok(PathBuf::new());
+        }
+        let p = sys::fd_path(fd).map_err(errno)?;
+        match p.strip_prefix(&self.root_prefix) {
+            Ok(rel) if !rel.as_os_str().is_empty() => Ok(rel.to_owned()),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Best-effort project-relative path of any node, for journal records.
+    fn node_rel(&self, node: &Node) -> PathBuf {
+        if node.id == ROOT_ID {
+            return PathBuf::from(".");
+        }
+        if node.is_dir() {
+            if let Ok(fd) = self.path_fd(node) {
+                if let Ok(p) = self.dir_rel(node, fd.fd()) {
+                    return p;
+                }
+            }
+        }
+        let (parent, name) = node.name();
+        let base = self
+            .table
+            .get(parent)
+            .ok()
+            .and_then(|pn| {
+                let fd = self.path_fd(&pn).ok()?;
+                self.dir_rel(&pn, fd.fd()).ok()
+            })
+            .unwrap_or_default();
+        base.join(name)
+    }
+
+    fn attr(&self, id: u64, st: &FileStat, node: Option<&Node>) -> FileAttr {
+        let mut nlink = st.st_nlink as u32;
+        if node.is_some_and(|n| n.diverted.load(Ordering::Relaxed)) {
+            nlink = nlink.saturating_sub(1);
+        }
+        FileAttr {
+            ino: INodeNo(id),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: systime(st.st_atime, st.st_atime_nsec),
+            mtime: systime(st.st_mtime, st.st_mtime_nsec),
+            ctime: systime(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: file_type(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    /// Look `name` up in directory node `parent` and count it as a kernel lookup.
+    fn lookup_in(
+        &self,
+        parent: &Node,
+        parent_fd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<(Arc<Node>, FileAttr), Errno> {
+        let fd = nix::fcntl::openat(
+            parent_fd,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(errno)?;
+        let node = self
+            .table
+            .remember(parent.id, name, fd, &st)
+            .map_err(errno)?;
+        let attr = self.attr(node.id, &st, Some(&node));
+        Ok((node, attr))
+    }
+
+    fn stat_node(&self, node: &Node) -> Result<FileStat, Errno> {
+        let fd = self.path_fd(node)?;
+        nix::sys::stat::fstat(fd.fd()).map_err(errno)
+    }
+
+    fn chown_to_caller(&self, req: &Request, dir: BorrowedFd<'_>, name: &OsStr) {
+        if req.uid() != nix::unistd::geteuid().as_raw() || req.gid() != nix::unistd::getegid().as_raw()
+        {
+            let _ = nix::unistd::fchownat(
+                dir,
+                name,
+                Some(nix::unistd::Uid::from_raw(req.uid())),
+                Some(nix::unistd::Gid::from_raw(req.gid())),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            );
+        }
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        self.files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn queue_index(&self, rel: PathBuf) {
+        if let Some(ix) = self.indexer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            ix.queue(rel);
+        }
+    }
+
+    /// Keep the entry `name` of `dir` (project-relative `rel`) before it is destroyed: move it
+    /// to the trash if this is its last link; otherwise copy a regular file's bytes into the
+    /// object store (the other links stay visible and must keep their link count). Returns the
+    /// record fields describing where the old bytes are.
+    fn keep(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        st: &FileStat,
+        t: i64,
+    ) -> Result<Record, Errno> {
+        let fmt = st.st_mode & libc::S_IFMT;
+        let mut rec = Record {
+            kind: Kind::from_mode(st.st_mode),
+            mode: Some(st.st_mode),
+            ino: Some(st.st_ino),
+            size: Some(st.st_size as u64),
+            ..Record::new(t, Op::Unlink, rel, 0, "")
+        };
+        if st.st_nlink <= 1 || fmt == libc::S_IFDIR {
+            let trash = self
+                .store
+                .divert_to_trash(dir, name, rel, t)
+                .map_err(|e| store_errno(&e))?;
+            if let Some(id) = self.table.known(st.st_dev, st.st_ino) {
+                if let Ok(n) = self.table.get(id) {
+                    n.diverted.store(true, Ordering::Relaxed);
+                }
+            }
+            if fmt == libc::S_IFREG {
+                self.queue_index(trash.clone());
+            }
+            rec.trash = Some(trash);
+        } else if fmt == libc::S_IFREG {
+            let fd = nix::fcntl::openat(
+                dir,
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)?;
+            let hex = self.store.put_object(fd.as_fd()).map_err(|e| store_errno(&e))?;
+            rec.object = Some(hex);
+        } else if fmt == libc::S_IFLNK {
+            let target = nix::fcntl::readlinkat(dir, name).map_err(errno)?;
+            rec.target = Some(PathBuf::from(target));
+        }
+        Ok(rec)
+    }
+
+    /// Is the directory `name` in `dir` empty?
+    fn dir_is_empty(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, Errno> {
+        let fd = nix::fcntl::openat(
+            dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let mut d = nix::dir::Dir::from_fd(fd).map_err(errno)?;
+        for e in d.iter() {
+            let e = e.map_err(errno)?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn do_rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        if is_store(parent, name) {
+            return Err(Errno::ENOENT);
+        }
+        if is_store(newparent, newname) {
+            return Err(Errno::EPERM);
+        }
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        let pnode = self.node(parent)?;
+        let npnode = self.node(newparent)?;
+        let pfd = self.path_fd(&pnode)?;
+        let npfd = self.path_fd(&npnode)?;
+        let from_rel = self.dir_rel(&pnode, pfd.fd())?.join(name);
+        let to_rel = self.dir_rel(&npnode, npfd.fd())?.join(newname);
+        let t = now_ns();
+        let src = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(errno)?;
+        let base = Record {
+            to: Some(to_rel.clone()),
+            kind: Kind::from_mode(src.st_mode),
+            mode: Some(src.st_mode),
+            ino: Some(src.st_ino),
+            ..Record::new(t, Op::Rename, &from_rel, 0, "")
+        };
+
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            nix::fcntl::renameat2(
+                pfd.fd(),
+                name,
+                npfd.fd(),
+                newname,
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(errno)?;
+            self.note_rename(&src, newparent.0, newname);
+            if let Ok(dst) = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                self.note_rename(&dst, parent.0, name);
+            }
+            self.journal(req, Record { op: Op::Exchange, ..base });
+            return Ok(());
+        }
+
+        let dst = match nix::sys::stat::fstatat(npfd.fd(), newname, AtFlags::AT_SYMLINK_NOFOLLOW)
+        {
+            Ok(d) => Some(d),
+            Err(NixErrno::ENOENT) => None,
+            Err(e) => return Err(errno(e)),
+        };
+        let dst = match dst {
+            // Renaming a link onto another link of the same inode does nothing (POSIX).
+            Some(d) if d.st_ino == src.st_ino && d.st_dev == src.st_dev => {
+                return Ok(());
+            }
+            Some(d) if flags.contains(RenameFlags::RENAME_NOREPLACE) => {
+                let _ = d;
+                return Err(Errno::EEXIST);
+            }
+            other => other,
+        };
+        let Some(dst) = dst else {
+            nix::fcntl::renameat2(
+                pfd.fd(),
+                name,
+                npfd.fd(),
+                newname,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(errno)?;
+            self.note_rename(&src, newparent.0, newname);
+            self.journal(req, base);
+            return Ok(());
+        };
+
+        // Replacing an existing name: check what the kernel would refuse before touching it.
+        let src_dir = src.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let dst_dir = dst.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if src_dir && !dst_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if !src_dir && dst_dir {
+            return Err(Errno::EISDIR);
+        }
+        if dst_dir && !self.dir_is_empty(npfd.fd(), newname)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        if dst.st_nlink > 1 && !dst_dir {
+            // Another link keeps the inode: keep the bytes as an object, then plain rename.
+            let kept = self.keep(npfd.fd(), newname, &to_rel, &dst, t)?;
+            nix::fcntl::renameat2(
+                pfd.fd(),
+                name,
+                npfd.fd(),
+                newname,
+                nix::fcntl::RenameFlags::empty(),
+            )
+            .map_err(errno)?;
+            self.note_rename(&src, newparent.0, newname);
+            self.journal(
+                req,
+                Record {
+                    object: kept.object,
+                    target: kept.target,
+                    old_mode: Some(dst.st_mode),
+                    ..base
+                },
+            );
+            return Ok(());
+        }
+        // Swap atomically, so `newname` never stops existing for other readers, then move what
+        // is now at the old name (the replaced object) into the trash.
+        nix::fcntl::renameat2(
+            pfd.fd(),
+            name,
+            npfd.fd(),
+            newname,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .map_err(errno)?;
+        match self.keep(pfd.fd(), name, &to_rel, &dst, t) {
+            Ok(kept) => {
+                self.note_rename(&src, newparent.0, newname);
+                self.journal(
+                    req,
+                    Record {
+                        trash: kept.trash,
+                        old_mode: Some(dst.st_mode),
+                        ..base
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // Could not keep the old bytes: undo the swap and fail.
+                let _ = nix::fcntl::renameat2(
+                    pfd.fd(),
+                    name,
+                    npfd.fd(),
+                    newname,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn note_rename(&self, st: &FileStat, newparent: u64, newname: &OsStr) {
+        if let Some(id) = self.table.known(st.st_dev, st.st_ino) {
+            if let Ok(n) = self.table.get(id) {
+                n.set_name(newparent, newname);
+            }
+        }
+    }
+
+    fn fill_dir(&self, dh: &mut DirHandle, is_root: bool) -> Result<(), Errno> {
+        let fd = nix::fcntl::openat(
+            dh.fd.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let mut d = nix::dir::Dir::from_fd(fd).map_err(errno)?;
+        let mut v = Vec::new();
+        for e in d.iter() {
+            let e = e.map_err(errno)?;
+            let name = OsStr::from_bytes(e.file_name().to_bytes());
+            if is_root && name.as_bytes() == STORE_DIR.as_bytes() {
+                continue;
+            }
+            let fmt = match e.file_type() {
+                Some(nix::dir::Type::Directory) => libc::S_IFDIR,
+                Some(nix::dir::Type::Symlink) => libc::S_IFLNK,
+                Some(nix::dir::Type::Fifo) => libc::S_IFIFO,
+                Some(nix::dir::Type::Socket) => libc::S_IFSOCK,
+                Some(nix::dir::Type::CharacterDevice) => libc::S_IFCHR,
+                Some(nix::dir::Type::BlockDevice) => libc::S_IFBLK,
+                _ => libc::S_IFREG,
+            };
+            v.push((e.ino(), fmt, name.to_owned()));
+        }
+        dh.entries = Some(v);
+        Ok(())
+    }
+
+    fn dir_handle(&self, fh: FileHandle) -> Result<Arc<Mutex<DirHandle>>, Errno> {
+        self.dirs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn proc_of(&self, node: &Node) -> Result<(Fd<'_>, CString), Errno> {
+        let fd = self.path_fd(node)?;
+        let p = sys::proc_path(fd.fd());
+        Ok((fd, p))
+    }
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(st)) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut secs = -(d.as_secs() as i64);
+                let mut nsec = d.subsec_nanos() as i64;
+                if nsec > 0 {
+                    secs -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                libc::timespec {
+                    tv_sec: secs as libc::time_t,
+                    tv_nsec: nsec as libc::c_long,
+                }
+            }
+        },
+    }
+}
+
+impl Filesystem for SaferootFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        for f in wanted.iter() {
+            let _ = config.add_capabilities(f);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.shared.finish_indexing();
+        let _ = self.shared.store.journal().sync();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let s = &self.shared;
+        if is_store(parent, name) {
+            return reply.error(Errno::ENOENT);
+        }
+        let r = (|| {
+            let pnode = s.node(parent)?;
+            let pfd = s.path_fd(&pnode)?;
+            s.lookup_in(&pnode, pfd.fd(), name)
+        })();
+        match r {
+            Ok((_, attr)) => reply.entry(&s.opts.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.shared.table.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let st = match fh.and_then(|fh| s.file(fh).ok()) {
+                Some(f) => nix::sys::stat::fstat(f.fd.as_fd()).map_err(errno)?,
+                None => s.stat_node(&node)?,
+            };
+            Ok::<_, Errno>(s.attr(node.id, &st, Some(&node)))
+        })();
+        match r {
+            Ok(a) => reply.attr(&s.opts.ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let (pfd, proc) = s.proc_of(&node)?;
+            let before = nix::sys::stat::fstat(pfd.fd()).map_err(errno)?;
+            let open = fh.and_then(|fh| s.file(fh).ok());
+            if let Some(m) = mode {
+                if node.fmt != libc::S_IFLNK {
+                    // SAFETY: proc is a valid C string.
+                    sys::last_errno(unsafe { libc::chmod(proc.as_ptr(), m & 0o7777) })
+                        .map_err(errno)?;
+                }
+            }
+            if uid.is_some() || gid.is_some() {
+                nix::unistd::fchownat(
+                    pfd.fd(),
+                    "",
+                    uid.map(nix::unistd::Uid::from_raw),
+                    gid.map(nix::unistd::Gid::from_raw),
+                    AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(errno)?;
+            }
+            if let Some(sz) = size {
+                match &open {
+                    Some(f) => nix::unistd::ftruncate(f.fd.as_fd(), sz as i64).map_err(errno)?,
+                    None => {
+                        // SAFETY: proc is a valid C string.
+                        sys::last_errno(unsafe { libc::truncate(proc.as_ptr(), sz as i64) })
+                            .map_err(errno)?;
+                    }
+                }
+            }
+            if atime.is_some() || mtime.is_some() {
+                let ts = [time_spec(atime), time_spec(mtime)];
+                let r = match &open {
+                    // SAFETY: ts is a valid array of two timespecs.
+                    Some(f) => unsafe { libc::futimens(f.fd.as_raw_fd(), ts.as_ptr()) },
+                    None if node.fmt == libc::S_IFLNK => unsafe {
+                        libc::utimensat(
+                            pfd.fd().as_raw_fd(),
+                            c"".as_ptr(),
+                            ts.as_ptr(),
+                            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                        )
+                    },
+                    None => unsafe {
+                        libc::utimensat(libc::AT_FDCWD, proc.as_ptr(), ts.as_ptr(), 0)
+                    },
+                };
+                sys::last_errno(r).map_err(errno)?;
+            }
+            let after = nix::sys::stat::fstat(pfd.fd()).map_err(errno)?;
+            if mode.is_some() || size.is_some() || uid.is_some() || gid.is_some() {
+                s.journal(
+                    req,
+                    Record {
+                        kind: Kind::from_mode(after.st_mode),
+                        mode: Some(after.st_mode),
+                        old_mode: mode.map(|_| before.st_mode),
+                        size: size,
+                        ino: Some(after.st_ino),
+                        ..Record::new(now_ns(), Op::Setattr, s.node_rel(&node), 0, "")
+                    },
+                );
+            }
+            Ok::<_, Errno>(s.attr(node.id, &after, Some(&node)))
+        })();
+        match r {
+            Ok(a) => reply.attr(&s.opts.ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let fd = s.path_fd(&node)?;
+            nix::fcntl::readlinkat(fd.fd(), "").map_err(errno)
+        })();
+        match r {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let s = &self.shared;
+        if is_store(parent, name) {
+            return reply.error(Errno::EPERM);
+        }
+        let r = (|| {
+            let pnode = s.node(parent)?;
+            let pfd = s.path_fd(&pnode)?;
+            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
+            // SAFETY: name has no interior NUL (it came from the kernel as a C string).
+            let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+            let r = unsafe {
+                libc::mknodat(
+                    pfd.fd().as_raw_fd(),
+                    cname.as_ptr(),
+                    mode as libc::mode_t,
+                    rdev as libc::dev_t,
+                )
+            };
+            sys::last_errno(r).map_err(errno)?;
+            s.chown_to_caller(req, pfd.fd(), name);
+            let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
+            let op = if mode & libc::S_IFMT == libc::S_IFREG {
+                Op::Create
+            } else {
+                Op::Mknod
+            };
+            s.journal(
+                req,
+                Record {
+                    kind: Kind::from_mode(mode),
+                    mode: Some(mode),
+                    ino: Some(node.ino),
+                    ..Record::new(now_ns(), op, rel, 0, "")
+                },
+            );
+            Ok::<_, Errno>(attr)
+        })();
+        match r {
+            Ok(a) => reply.entry(&s.opts.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let s = &self.shared;
+        if is_store(parent, name) {
+            return reply.error(Errno::EPERM);
+        }
+        let r = (|| {
+            let pnode = s.node(parent)?;
+            let pfd = s.path_fd(&pnode)?;
+            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
+            nix::sys::stat::mkdirat(pfd.fd(), name, Mode::from_bits_truncate(mode))
+                .map_err(errno)?;
+            s.chown_to_caller(req, pfd.fd(), name);
+            let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
+            s.journal(
+                req,
+                Record {
+                    kind: Some(Kind::Dir),
+                    mode: Some(libc::S_IFDIR | (mode & 0o7777)),
+                    ino: Some(node.ino),
+                    ..Record::new(now_ns(), Op::Mkdir, rel, 0, "")
+                },
+            );
+            Ok::<_, Errno>(attr)
+        })();
+        match r {
+            Ok(a) => reply.entry(&s.opts.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let s = &self.shared;
+        if is_store(parent, name) {
+            return reply.error(Errno::ENOENT);
+        }
+        let r = (|| {
+            let pnode = s.node(parent)?;
+            let pfd = s.path_fd(&pnode)?;
+            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
+            let st = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(errno)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                return Err(Errno::EISDIR);
+            }
+            let t = now_ns();
+            let rec = s.keep(pfd.fd(), name, &rel, &st, t)?;
+            if rec.trash.is_none() {
+                nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                    .map_err(errno)?;
+            }
+            s.journal(req, rec);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let s = &self.shared;
+        if is_store(parent, name) {
+            return reply.error(Errno::ENOENT);
+        }
+        let r = (|| {
+            let pnode = s.node(parent)?;
+            let pfd = s.path_fd(&pnode)?;
+            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
+            let st = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(errno)?;
+            nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)
+                .map_err(errno)?;
+            s.journal(
+                req,
+                Record {
+                    kind: Some(Kind::Dir),
+                    mode: Some(st.st_mode),
+                    ino: Some(st.st_ino),
+                    ..Record::new(now_ns(), Op::Rmdir, rel, 0, "")
+                },
+            );
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let s = &self.shared;
+        if is_store(parent, link_name) {
+            return reply.error(Errno::EPERM);
+        }
+        let r = (|| {
+            let pnode = s.node(parent)?;
+            let pfd = s.path_fd(&pnode)?;
+            let rel = s.dir_rel(&pnode, pfd.fd())?.join(link_name);
+            nix::unistd::symlinkat(target, pfd.fd(), link_name).map_err(errno)?;
+            s.chown_to_caller(req, pfd.fd(), link_name);
+            let (node, attr) = s.lookup_in(&pnode, pfd.fd(), link_name)?;
+            s.journal(
+                req,
+                Record {
+                    kind: Some(Kind::Symlink),
+                    target: Some(target.to_owned()),
+                    ino: Some(node.ino),
+                    ..Record::new(now_ns(), Op::Symlink, rel, 0, "")
+                },
+            );
+            Ok::<_, Errno>(attr)
+        })();
+        match r {
+            Ok(a) => reply.entry(&s.opts.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .shared
+            .do_rename(req, parent, name, newparent, newname, flags)
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let s = &self.shared;
+        if is_store(newparent, newname) {
+            return reply.error(Errno::EPERM);
+        }
+        let r = (|| {
+            let node = s.node(ino)?;
+            let npnode = s.node(newparent)?;
+            let fd = s.path_fd(&node)?;
+            let npfd = s.path_fd(&npnode)?;
+            let to_rel = s.dir_rel(&npnode, npfd.fd())?.join(newname);
+            nix::unistd::linkat(
+                fd.fd(),
+                "",
+                npfd.fd(),
+                newname,
+                AtFlags::AT_EMPTY_PATH,
+            )
+            .map_err(errno)?;
+            let from_rel = s.node_rel(&node);
+            let (_, attr) = s.lookup_in(&npnode, npfd.fd(), newname)?;
+            s.journal(
+                req,
+                Record {
+                    to: Some(to_rel),
+                    kind: Some(Kind::from_mode(node.fmt).unwrap_or(Kind::File)),
+                    ino: Some(node.ino),
+                    ..Record::new(now_ns(), Op::Link, from_rel, 0, "")
+                },
+            );
+            Ok::<_, Errno>(attr)
+        })();
+        match r {
+            Ok(a) => reply.entry(&s.opts.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let raw = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+            let fd = match s.table.open(&node, OFlag::from_bits_retain(raw)).map_err(errno)? {
+                Fd::Owned(fd) => fd,
+                Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
+            };
+            let acc = raw & libc::O_ACCMODE;
+            if acc == libc::O_WRONLY || acc == libc::O_RDWR || raw & libc::O_TRUNC != 0 {
+                s.journal(
+                    req,
+                    Record {
+                        kind: Some(Kind::File),
+                        ino: Some(node.ino),
+                        ..Record::new(now_ns(), Op::Write, s.node_rel(&node), 0, "")
+                    },
+                );
+            }
+            let fh = s.new_fh();
+            s.files
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(OpenFile { fd }));
+            Ok::<_, Errno>(fh)
+        })();
+        match r {
+            // Nothing else changes backing files while mounted: the page cache stays valid.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let s = &self.shared;
+        let r = (|| {
+            let f = s.file(fh)?;
+            let mut buf = vec![0u8; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                let n = nix::sys::uio::pread(f.fd.as_fd(), &mut buf[done..], (offset + done as u64) as i64)
+                    .map_err(errno)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            buf.truncate(done);
+            Ok::<_, Errno>(buf)
+        })();
+        match r {
+            Ok(b) => reply.data(&b),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let s = &self.shared;
+        let r = (|| {
+            let f = s.file(fh)?;
+            let mut done = 0;
+            while done < data.len() {
+                let n = nix::sys::uio::pwrite(f.fd.as_fd(), &data[done..], (offset + done as u64) as i64)
+                    .map_err(errno)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            Ok::<_, Errno>(done as u32)
+        })();
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) semantics on the backing file (releases POSIX locks, reports delayed errors).
+        let r = self.shared.file(fh).and_then(|f| {
+            let dup = nix::unistd::dup(f.fd.as_fd()).map_err(errno)?;
+            nix::unistd::close(dup).map_err(errno)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.shared
+            .files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let r = self.shared.file(fh).and_then(|f| {
+            if datasync {
+                nix::unistd::fdatasync(f.fd.as_fd()).map_err(errno)
+            } else {
+                nix::unistd::fsync(f.fd.as_fd()).map_err(errno)
+            }
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let fd = match s
+                .table
+                .open(&node, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                .map_err(errno)?
+            {
+                Fd::Owned(fd) => fd,
+                Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
+            };
+            let fh = s.new_fh();
+            s.dirs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(Mutex::new(DirHandle { fd, entries: None })));
+            Ok::<_, Errno>(fh)
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let s = &self.shared;
+        let r = (|| {
+            let dh = s.dir_handle(fh)?;
+            let mut dh = dh.lock().unwrap_or_else(|p| p.into_inner());
+            if offset == 0 || dh.entries.is_none() {
+                s.fill_dir(&mut dh, ino.0 == ROOT_ID)?;
+            }
+            let entries = dh.entries.as_deref().unwrap_or_default();
+            for (i, (d_ino, fmt, name)) in entries.iter().enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(*d_ino), (i + 1) as u64, file_type(*fmt), name) {
+                    break;
+                }
+            }
+            Ok::<_, Errno>(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let dh = s.dir_handle(fh)?;
+            let mut dh = dh.lock().unwrap_or_else(|p| p.into_inner());
+            if offset == 0 || dh.entries.is_none() {
+                s.fill_dir(&mut dh, ino.0 == ROOT_ID)?;
+            }
+            let entries = dh.entries.clone().unwrap_or_default();
+            let dirfd = dh.fd.as_fd();
+            for (i, (d_ino, fmt, name)) in entries.iter().enumerate().skip(offset as usize) {
+                let off = (i + 1) as u64;
+                let b = name.as_bytes();
+                if b == b"." || b == b".." {
+                    // Node id 0: the kernel lists the name without caching an entry for it.
+                    let mut attr = s.attr(0, &zero_stat(*fmt), None);
+                    attr.ino = INodeNo(*d_ino);
+                    if reply.add(INodeNo(0), off, name, &Duration::ZERO, &attr, Generation(0)) {
+                        break;
+                    }
+                    continue;
+                }
+                let (child, attr) = match s.lookup_in(&node, dirfd, name) {
+                    Ok(x) => x,
+                    // Vanished since the listing: skip it.
+                    Err(_) => continue,
+                };
+                if reply.add(INodeNo(child.id), off, name, &s.opts.ttl, &attr, Generation(0)) {
+                    // Not sent: the kernel did not get this lookup.
+                    s.table.forget(child.id, 1);
+                    break;
+                }
+            }
+            Ok::<_, Errno>(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.shared
+            .dirs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.shared.dir_handle(fh).and_then(|dh| {
+            let dh = dh.lock().unwrap_or_else(|p| p.into_inner());
+            if datasync {
+                nix::unistd::fdatasync(dh.fd.as_fd()).map_err(errno)
+            } else {
+                nix::unistd::fsync(dh.fd.as_fd()).map_err(errno)
+            }
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match nix::sys::statvfs::fstatvfs(self.shared.table.root_fd()) {
+            Ok(v) => reply.statfs(
+                v.blocks() as u64,
+                v.blocks_free() as u64,
+                v.blocks_available() as u64,
+                v.files() as u64,
+                v.files_free() as u64,
+                v.block_size() as u32,
+                v.name_max() as u32,
+                v.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let (_fd, proc) = s.proc_of(&node)?;
+            let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+            // SAFETY: valid C strings and a valid buffer of value.len() bytes.
+            let r = unsafe {
+                libc::setxattr(
+                    proc.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            };
+            sys::last_errno(r).map_err(errno).map(|_| ())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let (_fd, proc) = s.proc_of(&node)?;
+            let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+            let mut buf = vec![0u8; size as usize];
+            // SAFETY: buf has size bytes; size 0 asks for the length only.
+            let n = unsafe {
+                libc::getxattr(
+                    proc.as_ptr(),
+                    cname.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            let n = sys::last_errno_isize(n).map_err(errno)?;
+            buf.truncate(n);
+            Ok::<_, Errno>((n, buf))
+        })();
+        match r {
+            Ok((n, _)) if size == 0 => reply.size(n as u32),
+            Ok((_, b)) => reply.data(&b),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let (_fd, proc) = s.proc_of(&node)?;
+            let mut buf = vec![0u8; size as usize];
+            // SAFETY: buf has size bytes; size 0 asks for the length only.
+            let n = unsafe { libc::listxattr(proc.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = sys::last_errno_isize(n).map_err(errno)?;
+            buf.truncate(n);
+            Ok::<_, Errno>((n, buf))
+        })();
+        match r {
+            Ok((n, _)) if size == 0 => reply.size(n as u32),
+            Ok((_, b)) => reply.data(&b),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let (_fd, proc) = s.proc_of(&node)?;
+            let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+            // SAFETY: valid C strings.
+            let r = unsafe { libc::removexattr(proc.as_ptr(), cname.as_ptr()) };
+            sys::last_errno(r).map_err(errno).map(|_| ())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let s = &self.shared;
+        let r = (|| {
+            let node = s.node(ino)?;
+            let (_fd, proc) = s.proc_of(&node)?;
+            // SAFETY: valid C string.
+            let r = unsafe { libc::access(proc.as_ptr(), mask.bits()) };
+            sys::last_errno(r).map_err(errno).map(|_| ())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let s = &self.shared;
+        if is_store(parent, name) {
+            return reply.error(Errno::EPERM);
+        }
+        let r = (|| {
+            let pnode = s.node(parent)?;
+            let pfd = s.path_fd(&pnode)?;
+            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
+            // The kernel only sends create for a name it found absent, holding the directory
+            // lock; O_EXCL makes sure an existing file is never truncated behind our back.
+            let oflags = OFlag::from_bits_retain(
+                (flags & !(libc::O_NOCTTY | libc::O_TRUNC)) | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            );
+            let fd = nix::fcntl::openat(
+                pfd.fd(),
+                name,
+                oflags,
+                Mode::from_bits_truncate(mode & 0o7777),
+            )
+            .map_err(errno)?;
+            s.chown_to_caller(req, pfd.fd(), name);
+            let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
+            s.journal(
+                req,
+                Record {
+                    kind: Some(Kind::File),
+                    mode: Some(libc::S_IFREG | (mode & 0o7777)),
+                    ino: Some(node.ino),
+                    ..Record::new(now_ns(), Op::Create, rel, 0, "")
+                },
+            );
+            let fh = s.new_fh();
+            s.files
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(OpenFile { fd }));
+            Ok::<_, Errno>((attr, fh))
+        })();
+        match r {
+            Ok((a, fh)) => reply.created(
+                &s.opts.ttl,
+                &a,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.shared.file(fh).and_then(|f| {
+            // SAFETY: plain syscall on a valid descriptor.
+            let r = unsafe {
+                libc::fallocate(f.fd.as_raw_fd(), mode, offset as i64, length as i64)
+            };
+            sys::last_errno(r).map_err(errno).map(|_| ())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let r = self.shared.file(fh).and_then(|f| {
+            // SAFETY: plain syscall on a valid descriptor (the offset is per request; the
+            // backing descriptor's own position is not used by pread/pwrite).
+            let r = unsafe { libc::lseek(f.fd.as_raw_fd(), offset, whence) };
+            if r < 0 {
+                Err(errno(NixErrno::last()))
+            } else {
+                Ok(r)
+            }
+        });
+        match r {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let s = &self.shared;
+        let r = (|| {
+            let a = s.file(fh_in)?;
+            let b = s.file(fh_out)?;
+            let mut oi = offset_in as i64;
+            let mut oo = offset_out as i64;
+            // SAFETY: valid descriptors and offset pointers.
+            let n = unsafe {
+                libc::copy_file_range(
+                    a.fd.as_raw_fd(),
+                    &mut oi,
+                    b.fd.as_raw_fd(),
+                    &mut oo,
+                    len as usize,
+                    0,
+                )
+            };
+            sys::last_errno_isize(n).map_err(errno)
+        })();
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn zero_stat(fmt: u32) -> FileStat {
+    // SAFETY: FileStat (libc::stat) is plain old data; all-zero is a valid value.
+    let mut st: FileStat = unsafe { std::mem::zeroed() };
+    st.st_mode = fmt;
+    st
+}

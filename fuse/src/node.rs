@@ -1,0 +1,278 @@
+//! The inode table: which backing object each FUSE node id stands for.
+//!
+//! A node id is the backing inode number (stable across mounts, so `st_ino` through the mount
+//! equals the native one and git's index stays valid), except for the root (always 1) and for
+//! objects on other filesystems or with inode number 1, which get ids from a private range.
+//!
+//! A node refers to its object by kernel file handle, not by an open descriptor: the table can
+//! hold every inode the kernel remembers without running into the descriptor limit, and the
+//! handle still reaches the object after it was renamed, including into the trash.
+//!
+//! What this module does not do: any backing I/O beyond opening nodes, or any policy.
+
+use crate::sys::{self, Handle, SysResult};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, Mode};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub const ROOT_ID: u64 = 1;
+const FOREIGN_BASE: u64 = 1 << 63;
+
+pub enum NodeRef {
+    Root,
+    Handle(Handle),
+    /// Fallback for filesystems without file handles and for nested mounts.
+    Fd(OwnedFd),
+}
+
+pub struct Node {
+    pub id: u64,
+    pub dev: u64,
+    pub ino: u64,
+    /// `S_IFMT` bits: an inode never changes type.
+    pub fmt: u32,
+    pub reference: NodeRef,
+    nlookup: AtomicU64,
+    /// Last known (parent id, name): how journal records name a non-directory.
+    name: Mutex<(u64, OsString)>,
+    /// Set once the object was moved into the trash by an unlink or replace: its visible link
+    /// count is one less than the backing one (the trash link is not the user's).
+    pub diverted: AtomicBool,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        self.fmt == libc::S_IFDIR
+    }
+
+    pub fn name(&self) -> (u64, OsString) {
+        self.name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_name(&self, parent: u64, name: &OsStr) {
+        *self.name.lock().unwrap_or_else(|p| p.into_inner()) = (parent, name.to_owned());
+    }
+}
+
+/// A descriptor that is either the long-lived root descriptor or one opened for this call.
+pub enum Fd<'a> {
+    Borrowed(BorrowedFd<'a>),
+    Owned(OwnedFd),
+}
+
+impl Fd<'_> {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Fd::Borrowed(b) => *b,
+            Fd::Owned(o) => o.as_fd(),
+        }
+    }
+}
+
+pub struct Table {
+    root: OwnedFd,
+    pub root_dev: u64,
+    pub root_ino: u64,
+    root_mount_id: i32,
+    nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    foreign: Mutex<HashMap<(u64, u64), u64>>,
+    next_foreign: AtomicU64,
+}
+
+impl Table {
+    pub fn new(root: OwnedFd) -> SysResult<Table> {
+        let st = nix::sys::stat::fstat(root.as_fd())?;
+        let root_mount_id = match sys::handle_of(root.as_fd()) {
+            Ok((_, m)) => m,
+            Err(_) => -1,
+        };
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_ID,
+            Arc::new(Node {
+                id: ROOT_ID,
+                dev: st.st_dev,
+                ino: st.st_ino,
+                fmt: libc::S_IFDIR,
+                reference: NodeRef::Root,
+                // The root is never forgotten.
+                nlookup: AtomicU64::new(1 << 62),
+                name: Mutex::new((ROOT_ID, OsString::new())),
+                diverted: AtomicBool::new(false),
+            }),
+        );
+        Ok(Table {
+            root,
+            root_dev: st.st_dev,
+            root_ino: st.st_ino,
+            root_mount_id,
+            nodes: RwLock::new(nodes),
+            foreign: Mutex::new(HashMap::new()),
+            next_foreign: AtomicU64::new(FOREIGN_BASE),
+        })
+    }
+
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    pub fn get(&self, id: u64) -> SysResult<Arc<Node>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or(Errno::ESTALE)
+    }
+
+    /// Existing node id for a backing object, if the kernel currently knows it.
+    pub fn known(&self, dev: u64, ino: u64) -> Option<u64> {
+        let id = self.id_for(dev, ino, false)?;
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .get(&id)
+            .filter(|n| n.dev == dev && n.ino == ino)
+            .map(|n| n.id)
+    }
+
+    fn id_for(&self, dev: u64, ino: u64, allocate: bool) -> Option<u64> {
+        if dev == self.root_dev {
+            if ino == self.root_ino {
+                return Some(ROOT_ID);
+            }
+            if ino != ROOT_ID && ino < FOREIGN_BASE {
+                return Some(ino);
+            }
+        }
+        let mut f = self.foreign.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = f.get(&(dev, ino)) {
+            return Some(*id);
+        }
+        if !allocate {
+            return None;
+        }
+        let id = self.next_foreign.fetch_add(1, Ordering::Relaxed);
+        f.insert((dev, ino), id);
+        Some(id)
+    }
+
+    /// A descriptor on the node: the root's own, or a new one opened with `flags`.
+    pub fn open(&self, node: &Node, flags: OFlag) -> SysResult<Fd<'_>> {
+        match &node.reference {
+            NodeRef::Root if flags.contains(OFlag::O_PATH) => Ok(Fd::Borrowed(self.root.as_fd())),
+            NodeRef::Root => Ok(Fd::Owned(nix::fcntl::openat(
+                self.root.as_fd(),
+                ".",
+                flags | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?)),
+            NodeRef::Handle(h) => Ok(Fd::Owned(sys::open_by_handle(
+                self.root.as_fd(),
+                h,
+                flags.bits(),
+            )?)),
+            NodeRef::Fd(fd) => Ok(Fd::Owned(nix::fcntl::open(
+                sys::proc_path(fd.as_fd()).as_c_str(),
+                flags | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?)),
+        }
+    }
+
+    /// Count one kernel lookup of the object `fd` (an `O_PATH` descriptor on it, with stat `st`)
+    /// reached as `name` in directory `parent`. Returns its node.
+    pub fn remember(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        fd: OwnedFd,
+        st: &FileStat,
+    ) -> SysResult<Arc<Node>> {
+        let id = self
+            .id_for(st.st_dev, st.st_ino, true)
+            .ok_or(Errno::EOVERFLOW)?;
+        let reference = if st.st_dev == self.root_dev && self.root_mount_id >= 0 {
+            match sys::handle_of(fd.as_fd()) {
+                Ok((h, m)) if m == self.root_mount_id => NodeRef::Handle(h),
+                _ => NodeRef::Fd(fd),
+            }
+        } else {
+            NodeRef::Fd(fd)
+        };
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = nodes.get(&id) {
+            let same = n.dev == st.st_dev
+                && n.ino == st.st_ino
+                && n.fmt == st.st_mode & libc::S_IFMT
+                && match (&n.reference, &reference) {
+                    (NodeRef::Handle(a), NodeRef::Handle(b)) => a == b,
+                    _ => true,
+                };
+            if same || id == ROOT_ID {
+                n.nlookup.fetch_add(1, Ordering::Relaxed);
+                if id != ROOT_ID {
+                    n.set_name(parent, name);
+                }
+                return Ok(n.clone());
+            }
+        }
+        // New, or the inode number was reused by a new object after the old one was removed
+        // (rmdir frees inodes): the new object takes over the id and its lookup count.
+        let carried = nodes
+            .get(&id)
+            .map(|n| n.nlookup.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let node = Arc::new(Node {
+            id,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            fmt: st.st_mode & libc::S_IFMT,
+            reference,
+            nlookup: AtomicU64::new(carried + 1),
+            name: Mutex::new((parent, name.to_owned())),
+            diverted: AtomicBool::new(false),
+        });
+        nodes.insert(id, node.clone());
+        Ok(node)
+    }
+
+    /// The kernel forgot `n` lookups of `id`.
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let gone = match nodes.get(&id) {
+            Some(node) => {
+                let prev = node.nlookup.load(Ordering::Relaxed);
+                let left = prev.saturating_sub(n);
+                node.nlookup.store(left, Ordering::Relaxed);
+                left == 0
+            }
+            None => false,
+        };
+        if gone {
+            if let Some(node) = nodes.remove(&id) {
+                if node.dev != self.root_dev || node.ino == ROOT_ID || node.ino >= FOREIGN_BASE {
+                    self.foreign
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(node.dev, node.ino));
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

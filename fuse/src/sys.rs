@@ -1,0 +1,118 @@
+//! Thin wrappers over the Linux calls the filesystem needs and `nix` does not wrap:
+//! file handles (`name_to_handle_at` / `open_by_handle_at`) and `/proc/self/fd` paths.
+//!
+//! Why file handles: the filesystem must be able to reach an inode for as long as the kernel
+//! remembers it, wherever it was renamed to (including into the trash), without keeping one open
+//! descriptor per inode (a 100,000-file tree would exceed the descriptor limit).
+
+use nix::errno::Errno;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+pub type SysResult<T> = Result<T, Errno>;
+
+/// An opaque kernel file handle (`struct file_handle` without its header).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handle {
+    pub handle_type: i32,
+    pub bytes: Box<[u8]>,
+}
+
+const MAX_HANDLE_SZ: usize = 128;
+
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// The file handle of the object `fd` refers to (an `O_PATH` descriptor is fine), and the
+/// mount id it belongs to.
+pub fn handle_of(fd: BorrowedFd<'_>) -> SysResult<(Handle, i32)> {
+    let mut raw = RawHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let empty = c"";
+    // SAFETY: raw is a valid, writable file_handle with MAX_HANDLE_SZ bytes of payload.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            &mut raw as *mut RawHandle,
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(Errno::last());
+    }
+    let n = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok((
+        Handle {
+            handle_type: raw.handle_type,
+            bytes: raw.f_handle[..n].into(),
+        },
+        mount_id,
+    ))
+}
+
+/// Open the object behind `h` on the filesystem of `mount_fd`.
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &Handle, flags: i32) -> SysResult<OwnedFd> {
+    let mut raw = RawHandle {
+        handle_bytes: h.bytes.len() as u32,
+        handle_type: h.handle_type,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    raw.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    loop {
+        // SAFETY: raw is a valid file_handle; the returned fd is owned by us.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                mount_fd.as_raw_fd(),
+                &mut raw as *mut RawHandle,
+                flags | libc::O_CLOEXEC,
+            )
+        };
+        if r >= 0 {
+            // SAFETY: the kernel just gave us this descriptor.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as i32) });
+        }
+        let e = Errno::last();
+        if e != Errno::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// `/proc/self/fd/N` for `fd`, to apply path-only calls (chmod, truncate, xattrs, reopen) to the
+/// object an `O_PATH` descriptor refers to.
+pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+/// Current path of the object `fd` refers to, as the kernel sees it (tracks renames).
+pub fn fd_path(fd: BorrowedFd<'_>) -> SysResult<std::path::PathBuf> {
+    nix::fcntl::readlink(proc_path(fd).as_c_str()).map(std::path::PathBuf::from)
+}
+
+pub fn last_errno(r: libc::c_int) -> SysResult<libc::c_int> {
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn last_errno_isize(r: isize) -> SysResult<usize> {
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as usize)
+    }
+}

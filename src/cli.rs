@@ -1,0 +1,496 @@
+//! The command line: argument parsing, and each subcommand's work at the CLI edge
+//! (resolving the directory, talking to the daemon, printing for people).
+
+use crate::control::{self, Request};
+use crate::mounts;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use saferoot_snapshots::{journal, restore, time, Store};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TIME_HELP: &str = "TIME is one of: an RFC 3339 instant (2026-12-03T12:34:56.123456789Z, \
+or with an offset such as +01:00); a local date and time (2026-12-03 10:42[:05]); a local time \
+today (10:42 or 10:42:05); or a duration ago: 90s, 10m, 2h, 3d, 1h30m (m is minutes).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "saferoot",
+    version,
+    about = "Make it safe to hand a project directory to an AI coding agent",
+    long_about = "saferoot mounts a project directory over itself. Every deletion, and every \
+rename over an existing file, made through the mount first moves the old file into \
+DIR/.saferoot/trash (by rename: instant, whatever the size) and is recorded in a journal. \
+`saferoot restore TIME` brings the tree back as it was at TIME. `saferoot run -- CMD` runs an \
+agent inside the mount under a Landlock sandbox that lets it write only through the mount.",
+    after_help = "Example:\n  saferoot run -- pi          # run an agent in the current directory\n  \
+saferoot log                # what was deleted, when, and by which process\n  \
+saferoot restore 10:42      # the tree as it was at 10:42 today"
+)]
+pub struct Cli {
+    /// The project directory [default: the current directory]
+    #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Mount DIR over itself and return once the mount is live (a daemon keeps serving it)
+    Mount,
+    /// Unmount DIR cleanly (flushes the journal, stops the daemon)
+    #[command(alias = "unmount")]
+    Umount {
+        /// Detach even if processes still use DIR (the daemon serves them until they finish)
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// Run CMD in DIR, mounted, inside the sandbox; exit with CMD's status
+    #[command(after_help = "CMD runs with DIR as its working directory. It may write only \
+inside DIR (through the mount), in a private temporary directory (TMPDIR), and to terminal and \
+null devices; it can read and execute everything else. If DIR was not mounted, saferoot mounts \
+it for the run and unmounts it afterwards.")]
+    Run {
+        /// Run without the Landlock sandbox: CMD can then write anywhere, including around the mount
+        #[arg(long)]
+        no_sandbox: bool,
+        /// The command and its arguments (put them after `--`)
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// Show the journal of changes, oldest first
+    Log {
+        /// One JSON object per line, times to the nanosecond
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring DIR (or the given paths) back to how it was at TIME
+    #[command(after_help = TIME_HELP)]
+    Restore {
+        /// List what would change (+ added, - removed, M content, m mode, T type) and change nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// The instant to go back to (see below)
+        #[arg(value_name = "TIME", allow_hyphen_values = false)]
+        time: String,
+        /// Restore only these paths (relative to the current directory, or absolute, inside DIR)
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Say whether DIR is mounted and how much history its store holds
+    Status,
+    /// (internal) the mount daemon
+    #[command(name = "__daemon", hide = true)]
+    Daemon { dir: PathBuf },
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Cmd::Daemon { dir } = &cli.cmd {
+        return crate::daemon::main(dir);
+    }
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!("saferoot: {}", msg.lines().next().unwrap_or_default());
+            1
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Mount => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            let (pid, _child) = mount(&dir)?;
+            println!("saferoot: mounted {} (daemon pid {pid})", dir.display());
+            Ok(0)
+        }
+        Cmd::Umount { lazy } => {
+            let dir = resolve_dir_for_umount(cli.dir.as_deref())?;
+            umount(&dir, lazy)?;
+            println!("saferoot: unmounted {}", dir.display());
+            Ok(0)
+        }
+        Cmd::Run { no_sandbox, cmd } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::run::run(&dir, &cmd, no_sandbox)
+        }
+        Cmd::Log { json } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            log(&dir, json).map(|()| 0)
+        }
+        Cmd::Restore {
+            dry_run,
+            time,
+            paths,
+        } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            restore_cmd(&dir, dry_run, &time, &paths)
+        }
+        Cmd::Status => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            status(&dir)
+        }
+        Cmd::Daemon { .. } => unreachable!("handled in main"),
+    }
+}
+
+/// The project directory, absolute and canonical, or a one-line error.
+pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf> {
+    let given = dir.unwrap_or(Path::new("."));
+    match std::fs::canonicalize(given) {
+        Ok(p) if p.is_dir() => Ok(p),
+        Ok(_) => bail!("{} is not a directory", given.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{} is a saferoot mount whose daemon is gone; run `saferoot -C {} umount` to clean it up",
+            given.display(),
+            given.display()
+        ),
+        Err(e) => bail!("{}: {}", given.display(), strip_os_error(&e)),
+    }
+}
+
+/// Like [`resolve_dir`], but accepts a dead mount (whose path cannot be canonicalized).
+fn resolve_dir_for_umount(dir: Option<&Path>) -> Result<PathBuf> {
+    match resolve_dir(dir) {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let given = dir.unwrap_or(Path::new("."));
+            let abs = std::path::absolute(given).map(|p| normalize(&p))?;
+            if mounts::saferoot_mounted(&abs) {
+                Ok(abs)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// "No such file or directory (os error 2)" → "No such file or directory".
+pub fn strip_os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+/// Lexical normalization: drop `.`, resolve `..` against preceding components.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Mount `dir` by starting the daemon; returns its pid once the mount is live.
+pub fn mount(dir: &Path) -> Result<(u32, Child)> {
+    if let Some((rep, _)) = control::call(dir, &Request::Status)? {
+        bail!(
+            "{} is already mounted by saferoot (daemon pid {})",
+            dir.display(),
+            rep.pid
+        );
+    }
+    if mounts::saferoot_mounted(dir) {
+        bail!(
+            "{} has a saferoot mount whose daemon is gone; run `saferoot -C {} umount` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let exe = std::env::current_exe().context("find the saferoot executable")?;
+    let mut child = Command::new(exe)
+        .arg("__daemon")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start the saferoot daemon")?;
+    let out = child.stdout.take().context("daemon stdout")?;
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .context("read from the saferoot daemon")?;
+    let line = line.trim_end();
+    if let Some(pid) = line.strip_prefix("ok ") {
+        return Ok((pid.parse().unwrap_or(0), child));
+    }
+    let _ = child.wait();
+    match line.strip_prefix("error: ") {
+        Some(msg) => bail!("{msg}"),
+        None => bail!("the saferoot daemon exited before mounting {}", dir.display()),
+    }
+}
+
+/// Ask the daemon serving `dir` to unmount, then wait until the mount is gone.
+pub fn umount(dir: &Path, lazy: bool) -> Result<()> {
+    match control::call(dir, &Request::Umount { lazy })? {
+        Some((rep, _)) if !rep.ok => bail!("{}", rep.error.unwrap_or_default()),
+        Some(_) => {}
+        None => {
+            if !mounts::saferoot_mounted(dir) {
+                bail!("{} is not mounted", dir.display());
+            }
+            // The daemon died (crash or kill -9): the kernel mount is left dangling.
+            nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH)
+                .with_context(|| format!("unmount the dead mount at {}", dir.display()))?;
+            eprintln!(
+                "saferoot: the daemon for {} was gone; detached its mount (nothing is lost: \
+                 the trash and journal are in {}/.saferoot)",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mounts::saferoot_mounted(dir) && !lazy {
+        if Instant::now() > deadline {
+            bail!("{} is still mounted after 30 s", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Wait for the daemon to finish (it writes its last journal record after the unmount).
+    while control::connect(dir)?.is_some() && !lazy {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The store of `dir`, reached through the daemon's descriptor when mounted.
+/// Returns the store and whether the directory is mounted.
+pub fn open_store(dir: &Path) -> Result<(Store, bool)> {
+    let (fd, mounted): (OwnedFd, bool) = match control::call(dir, &Request::Fd)? {
+        Some((rep, Some(fd))) if rep.ok => (fd, true),
+        Some((rep, _)) => bail!(
+            "the saferoot daemon refused: {}",
+            rep.error.unwrap_or_else(|| "no descriptor".into())
+        ),
+        None => {
+            if mounts::saferoot_mounted(dir) {
+                bail!(
+                    "{} is a saferoot mount whose daemon is gone; run `saferoot -C {} umount` first",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            let fd = nix::fcntl::open(
+                dir,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .with_context(|| format!("open {}", dir.display()))?;
+            (fd, false)
+        }
+    };
+    let store = Store::open_existing(fd.as_fd(), dir)?.ok_or_else(|| {
+        anyhow!(
+            "{} has no saferoot history yet (it has never been mounted)",
+            dir.display()
+        )
+    })?;
+    Ok((store, mounted))
+}
+
+fn mode_str(m: Option<u32>) -> String {
+    m.map(|m| format!("{:o}", m & 0o7777)).unwrap_or_default()
+}
+
+fn log(dir: &Path, json: bool) -> Result<()> {
+    let (store, _) = open_store(dir)?;
+    let (mut recs, report) = journal::read(store.dir(), store.dir_path())?;
+    recs.sort_by_key(|r| r.t);
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    for r in &recs {
+        let kept = r
+            .trash
+            .as_ref()
+            .map(|t| Path::new(".saferoot").join(t).display().to_string())
+            .or_else(|| {
+                r.object.as_ref().map(|o| {
+                    Path::new(".saferoot")
+                        .join(saferoot_snapshots::store::object_rel(o))
+                        .display()
+                        .to_string()
+                })
+            });
+        if json {
+            let v = serde_json::json!({
+                "time": time::format_utc(r.t),
+                "t_ns": r.t,
+                "op": r.op.name(),
+                "path": r.path.to_string_lossy(),
+                "to": r.to.as_ref().map(|p| p.to_string_lossy()),
+                "kind": r.kind,
+                "mode": r.mode.map(|m| format!("{:o}", m & 0o7777)),
+                "pid": r.pid,
+                "comm": r.comm,
+                "kept": kept,
+                "object": r.object,
+                "target": r.target.as_ref().map(|p| p.to_string_lossy()),
+                "target_time": r.target_t.map(time::format_utc),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            let mut line = format!(
+                "{}  {:<8} {}",
+                time::format_utc(r.t),
+                r.op.name(),
+                r.path.display()
+            );
+            if let Some(to) = &r.to {
+                line.push_str(&format!(" -> {}", to.display()));
+            }
+            if let Some(tt) = r.target_t {
+                line.push_str(&format!(" (to {})", time::format_utc(tt)));
+            }
+            if r.op == saferoot_snapshots::Op::Setattr {
+                if let (Some(o), Some(n)) = (r.old_mode, r.mode) {
+                    line.push_str(&format!(" mode {} -> {}", mode_str(Some(o)), mode_str(Some(n))));
+                }
+                if let Some(s) = r.size {
+                    line.push_str(&format!(" size -> {s}"));
+                }
+            }
+            line.push_str(&format!("  {}[{}]", r.comm, r.pid));
+            if let Some(k) = kept {
+                line.push_str(&format!("  kept: {k}"));
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    if report.corrupt > 0 {
+        eprintln!(
+            "saferoot: warning: {} damaged journal record(s) skipped",
+            report.corrupt
+        );
+    }
+    Ok(())
+}
+
+/// Turn PATH arguments into project-relative paths.
+fn project_relative(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let cwd = std::env::current_dir().ok().map(|c| normalize(&c));
+    let mut out = Vec::new();
+    for p in paths {
+        let abs = if p.is_absolute() {
+            normalize(p)
+        } else {
+            match &cwd {
+                // Inside the project: relative to where the user is.
+                Some(c) if c.starts_with(dir) => normalize(&c.join(p)),
+                // Elsewhere (e.g. with -C): relative to the project.
+                _ => normalize(&dir.join(p)),
+            }
+        };
+        let rel = abs
+            .strip_prefix(dir)
+            .map_err(|_| anyhow!("{} is not inside {}", p.display(), dir.display()))?;
+        if rel.as_os_str().is_empty() {
+            // The project itself: the whole tree.
+            return Ok(Vec::new());
+        }
+        out.push(rel.to_owned());
+    }
+    Ok(out)
+}
+
+fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Result<i32> {
+    let now = saferoot_snapshots::now_ns();
+    let target = time::parse_time(when, now)?;
+    let rel = project_relative(dir, paths)?;
+    let (store, mounted) = open_store(dir)?;
+    println!(
+        "saferoot: {} {} to {} ({} local)",
+        if dry_run { "would restore" } else { "restoring" },
+        dir.display(),
+        time::format_utc(target),
+        time::format_local_short(target)
+    );
+    let opts = restore::Options {
+        target_t: target,
+        paths: rel,
+        dry_run,
+        pid: std::process::id(),
+        comm: "saferoot".into(),
+    };
+    let report = restore::restore(&store, &opts)?;
+    if mounted && !dry_run && !report.changes.is_empty() {
+        let changed: Vec<PathBuf> = report.changes.iter().map(|c| c.path.clone()).collect();
+        let _ = control::call(dir, &Request::Invalidate { paths: changed });
+    }
+    for c in &report.changes {
+        println!("{} {}", c.mark.symbol(), c.path.display());
+    }
+    for w in &report.warnings {
+        eprintln!("saferoot: warning: {w}");
+    }
+    let n = report.changes.len();
+    if dry_run {
+        println!("saferoot: {n} path(s) would change; nothing was changed");
+    } else if n == 0 {
+        println!("saferoot: nothing to do: the tree already matches that instant");
+    } else {
+        println!(
+            "saferoot: restored {n} path(s); what they replaced is in {}/.saferoot/trash \
+             (undo with `saferoot restore {}`)",
+            dir.display(),
+            time::format_utc(now)
+        );
+    }
+    Ok(0)
+}
+
+fn status(dir: &Path) -> Result<i32> {
+    match control::call(dir, &Request::Status)? {
+        Some((rep, _)) => println!(
+            "{}: mounted (daemon pid {}, since {})",
+            dir.display(),
+            rep.pid,
+            rep.started_ns.map(time::format_utc).unwrap_or_default()
+        ),
+        None if mounts::saferoot_mounted(dir) => println!(
+            "{}: mounted, but the daemon is gone (run `saferoot -C {} umount`)",
+            dir.display(),
+            dir.display()
+        ),
+        None => println!("{}: not mounted", dir.display()),
+    }
+    match open_store(dir) {
+        Ok((store, _)) => {
+            let (recs, _) = journal::read(store.dir(), store.dir_path())?;
+            let first = recs.iter().map(|r| r.t).min();
+            println!(
+                "history: {} journal record(s){}",
+                recs.len(),
+                first
+                    .map(|t| format!(", since {}", time::format_utc(t)))
+                    .unwrap_or_default()
+            );
+        }
+        Err(e) => println!("history: {e:#}"),
+    }
+    Ok(0)
+}

@@ -1,0 +1,174 @@
+//! The daemon's control channel: an abstract Unix socket named after the project directory.
+//!
+//! Abstract, not a file: the sandbox's Landlock domain is scoped against abstract sockets
+//! created outside it (ABI 6), so an agent cannot connect and ask the daemon to unmount or hand
+//! over the real directory. The daemon also checks the peer's uid (root or its own).
+//!
+//! Requests and replies are single JSON lines. The reply to `fd` carries the daemon's
+//! descriptor on the real project directory (SCM_RIGHTS): offline commands (`log`, `restore`)
+//! then work on exactly the same code path whether or not the directory is mounted.
+//!
+//! What this module does not do: act on requests (see daemon.rs).
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    UnixAddr,
+};
+use serde::{Deserialize, Serialize};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Send the descriptor of the real project directory.
+    Fd,
+    /// Drop the kernel's cached names/attributes for these project-relative paths.
+    Invalidate {
+        #[serde(default)]
+        paths: Vec<PathBuf>,
+    },
+    /// Unmount and exit. `lazy`: detach even if busy.
+    Umount {
+        #[serde(default)]
+        lazy: bool,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ns: Option<i64>,
+}
+
+/// The abstract socket name for a (canonical) project directory.
+pub fn socket_name(dir: &Path) -> Vec<u8> {
+    let h = blake3::hash(dir.as_os_str().as_bytes());
+    format!("saferoot/{}", &h.to_hex()[..32]).into_bytes()
+}
+
+fn addr(dir: &Path) -> Result<UnixAddr> {
+    UnixAddr::new_abstract(&socket_name(dir)).context("abstract socket address")
+}
+
+/// Bind the control socket; fails with EADDRINUSE if a daemon already serves `dir`.
+pub fn bind(dir: &Path) -> Result<OwnedFd, nix::errno::Errno> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let a = UnixAddr::new_abstract(&socket_name(dir))?;
+    socket::bind(fd.as_raw_fd(), &a)?;
+    socket::listen(&fd, socket::Backlog::new(16).unwrap_or(socket::Backlog::MAXCONN))?;
+    Ok(fd)
+}
+
+/// Connect to the daemon serving `dir`; `Ok(None)` if there is none.
+pub fn connect(dir: &Path) -> Result<Option<OwnedFd>> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("create control socket")?;
+    match socket::connect(fd.as_raw_fd(), &addr(dir)?) {
+        Ok(()) => Ok(Some(fd)),
+        Err(nix::errno::Errno::ECONNREFUSED) | Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(anyhow!("connect to saferoot daemon: {e}")),
+    }
+}
+
+/// Send one line, optionally with a descriptor attached.
+pub fn send_line(fd: &OwnedFd, line: &[u8], pass: Option<RawFd>) -> nix::Result<()> {
+    let mut buf = line.to_vec();
+    buf.push(b'\n');
+    let iov = [IoSlice::new(&buf)];
+    let fds;
+    let cmsgs: Vec<ControlMessage> = match pass {
+        Some(p) => {
+            fds = [p];
+            vec![ControlMessage::ScmRights(&fds)]
+        }
+        None => vec![],
+    };
+    let mut sent = socket::sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    while sent < buf.len() {
+        sent += socket::send(fd.as_raw_fd(), &buf[sent..], MsgFlags::MSG_NOSIGNAL)?;
+    }
+    Ok(())
+}
+
+/// Receive one line (up to 1 MiB) and any descriptor that came with it.
+pub fn recv_line(fd: &OwnedFd) -> nix::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut out = Vec::new();
+    let mut passed = None;
+    loop {
+        let mut buf = [0u8; 8192];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let (n, got) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = socket::recvmsg::<()>(
+                fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )?;
+            let mut got = None;
+            for c in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for f in fds {
+                        // SAFETY: the kernel installed this descriptor for us.
+                        let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                        if got.is_none() {
+                            got = Some(owned);
+                        }
+                    }
+                }
+            }
+            (msg.bytes, got)
+        };
+        if got.is_some() {
+            passed = got;
+        }
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"\n") || out.len() > (1 << 20) {
+            break;
+        }
+    }
+    if out.ends_with(b"\n") {
+        out.pop();
+    }
+    Ok((out, passed))
+}
+
+/// Send a request to the daemon serving `dir` and read its reply. `Ok(None)` if no daemon.
+pub fn call(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>)>> {
+    let Some(fd) = connect(dir)? else {
+        return Ok(None);
+    };
+    let line = serde_json::to_vec(req)?;
+    send_line(&fd, &line, None).context("send to saferoot daemon")?;
+    let (reply, passed) = recv_line(&fd).context("read from saferoot daemon")?;
+    if reply.is_empty() {
+        bail!("the saferoot daemon closed the connection without answering");
+    }
+    let reply: Reply = serde_json::from_slice(&reply).context("parse daemon reply")?;
+    Ok(Some((reply, passed)))
+}

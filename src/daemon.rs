@@ -1,0 +1,333 @@
+//! The mount daemon: opens the real project directory, mounts saferoot's filesystem over it,
+//! and serves until unmounted.
+//!
+//! `saferoot mount` starts it as `saferoot __daemon DIR` with its stdout on a pipe; the daemon
+//! writes one line, `ok <pid>` once the mount is live or `error: <message>`, then detaches
+//! (new session, stdio on /dev/null, cwd `/`) so neither Ctrl-C in the terminal nor the end of
+//! the parent stops it. It stops on `saferoot umount` (control socket), on SIGTERM/SIGINT/SIGHUP
+//! (unmounting first), or when the kernel ends the FUSE connection.
+//!
+//! What this module does not do: sandboxing (run.rs) or any formatting for people.
+
+use crate::control::{self, Reply, Request};
+use anyhow::{bail, Context, Result};
+use fuser::{Config, INodeNo, MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+use saferoot_fuse::{Options, SaferootFs, Shared};
+use saferoot_snapshots::{index, now_ns, Op, Record, Store};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// FUSE_SUPER_MAGIC: `statfs` type of any FUSE filesystem.
+pub const FUSE_MAGIC: i64 = 0x6573_5546;
+
+/// Appends warnings to `.saferoot/daemon.log` (the store is reachable only through the fd).
+struct FileLogger(Mutex<std::fs::File>);
+
+impl log::Log for FileLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(
+                f,
+                "{} {} {}",
+                saferoot_snapshots::time::format_utc(now_ns()),
+                r.level(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn start_logging(store: &Store) {
+    let Ok(fd) = nix::fcntl::openat(
+        store.dir(),
+        "daemon.log",
+        nix::fcntl::OFlag::O_WRONLY
+            | nix::fcntl::OFlag::O_APPEND
+            | nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    ) else {
+        return;
+    };
+    let logger = Box::leak(Box::new(FileLogger(Mutex::new(std::fs::File::from(fd)))));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
+struct Running {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    ctl: OwnedFd,
+    notifier: fuser::Notifier,
+    unmounter: Mutex<fuser::SessionUnmounter>,
+    started_ns: i64,
+}
+
+fn record(store: &Store, op: Op) {
+    let comm = "saferoot";
+    let rec = Record::new(now_ns(), op, ".", std::process::id(), comm);
+    if let Err(e) = store.journal().append(&rec) {
+        log::warn!("journal: {e}");
+    }
+}
+
+/// Entry point of `saferoot __daemon DIR`. Returns the process exit code.
+pub fn main(dir: &Path) -> i32 {
+    // Signals that stop the daemon are handled by one thread (below), not asynchronously.
+    let mut stop = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop.add(s);
+    }
+    let _ = stop.thread_block();
+    // SAFETY: ignoring SIGPIPE installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn);
+    }
+
+    let (session, running) = match setup(dir) {
+        Ok(x) => x,
+        Err(e) => {
+            println!("error: {e:#}");
+            let _ = std::io::stdout().flush();
+            return 1;
+        }
+    };
+    println!("ok {}", std::process::id());
+    let _ = std::io::stdout().flush();
+    detach_stdio();
+
+    let running = Arc::new(running);
+    {
+        let r = running.clone();
+        let _ = std::thread::Builder::new()
+            .name("saferoot-ctl".into())
+            .spawn(move || control_loop(&r));
+    }
+    {
+        let r = running.clone();
+        let _ = std::thread::Builder::new()
+            .name("saferoot-sig".into())
+            .spawn(move || {
+                if stop.wait().is_ok() {
+                    let _ = unmount(&r, false).or_else(|_| unmount(&r, true));
+                }
+            });
+    }
+    let result = session.run();
+    let store = running.shared.store().clone();
+    record(&store, Op::Umount);
+    let _ = store.journal().sync();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            log::warn!("FUSE session ended with an error: {e}");
+            1
+        }
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        for target in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors, which we own.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), target);
+            }
+        }
+    }
+}
+
+fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
+    let _ = nix::unistd::setsid();
+    // Modes given by callers are already masked by the kernel; ours must not mask again.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let root: OwnedFd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("open {}", dir.display()))?;
+    let sfs = nix::sys::statfs::fstatfs(root.as_fd())
+        .with_context(|| format!("statfs {}", dir.display()))?;
+    if sfs.filesystem_type().0 as i64 == FUSE_MAGIC && crate::mounts::saferoot_mounted(dir) {
+        bail!("{} is already mounted by saferoot", dir.display());
+    }
+    std::env::set_current_dir("/").ok();
+
+    let ctl = match control::bind(dir) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::EADDRINUSE) => {
+            bail!("{} is already mounted by saferoot", dir.display())
+        }
+        Err(e) => bail!("create control socket: {e}"),
+    };
+    let store = Arc::new(
+        Store::open_or_create(root.as_fd(), dir)
+            .with_context(|| format!("open the store of {}", dir.display()))?,
+    );
+    start_logging(&store);
+    if let Err(e) = index::reindex(&store) {
+        log::warn!("re-indexing the trash: {e}");
+    }
+    let fs = SaferootFs::new(
+        root.try_clone().context("dup project fd")?,
+        store.clone(),
+        Options::default(),
+    )
+    .context("start the filesystem")?;
+    let shared = fs.shared();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+        .clamp(4, 16);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("saferoot".into()),
+        MountOption::Subtype("saferoot".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    let mut session = fuser::Session::new(fs, dir, &config)
+        .with_context(|| format!("mount FUSE over {}", dir.display()))?;
+    record(&store, Op::Mount);
+    let notifier = session.notifier();
+    let unmounter = session.unmount_callable();
+    Ok((
+        session,
+        Running {
+            dir: dir.to_owned(),
+            shared,
+            ctl,
+            notifier,
+            unmounter: Mutex::new(unmounter),
+            started_ns: now_ns(),
+        },
+    ))
+}
+
+fn unmount(r: &Running, lazy: bool) -> Result<()> {
+    let _ = r.shared.store().journal().sync();
+    if lazy {
+        nix::mount::umount2(&r.dir, nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmount {}", r.dir.display()))?;
+        return Ok(());
+    }
+    let mut u = r.unmounter.lock().unwrap_or_else(|p| p.into_inner());
+    match u.unmount() {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => bail!(
+            "{} is busy: a process still has its working directory or open files under it \
+             (close them, or use `saferoot umount --lazy`)",
+            r.dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("unmount {}", r.dir.display())),
+    }
+}
+
+fn peer_allowed(fd: &OwnedFd) -> bool {
+    match nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(c) => c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
+        Err(_) => false,
+    }
+}
+
+fn control_loop(r: &Running) {
+    loop {
+        let conn = match nix::sys::socket::accept4(
+            r.ctl.as_raw_fd(),
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        ) {
+            // SAFETY: accept4 returned a new descriptor that we now own.
+            Ok(fd) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::ECONNABORTED) => continue,
+            Err(e) => {
+                log::warn!("control socket: {e}");
+                return;
+            }
+        };
+        if !peer_allowed(&conn) {
+            let _ = reply(&conn, Reply { ok: false, error: Some("permission denied".into()), ..Default::default() }, None);
+            continue;
+        }
+        let Ok((line, _)) = control::recv_line(&conn) else {
+            continue;
+        };
+        let req: Request = match serde_json::from_slice(&line) {
+            Ok(req) => req,
+            Err(e) => {
+                let _ = reply(&conn, err_reply(format!("bad request: {e}")), None);
+                continue;
+            }
+        };
+        let base = Reply {
+            ok: true,
+            pid: std::process::id(),
+            dir: Some(r.dir.clone()),
+            started_ns: Some(r.started_ns),
+            error: None,
+        };
+        match req {
+            Request::Status => {
+                let _ = reply(&conn, base, None);
+            }
+            Request::Fd => {
+                let fd = r.shared.store().project().as_raw_fd();
+                let _ = reply(&conn, base, Some(fd));
+            }
+            Request::Invalidate { paths } => {
+                invalidate(r, &paths);
+                let _ = reply(&conn, base, None);
+            }
+            Request::Umount { lazy } => {
+                let res = unmount(r, lazy);
+                let rep = match res {
+                    Ok(()) => base,
+                    Err(e) => err_reply(format!("{e:#}")),
+                };
+                let _ = reply(&conn, rep, None);
+            }
+        }
+    }
+}
+
+fn err_reply(msg: String) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(msg),
+        pid: std::process::id(),
+        ..Default::default()
+    }
+}
+
+fn reply(conn: &OwnedFd, rep: Reply, pass: Option<std::os::fd::RawFd>) -> nix::Result<()> {
+    let line = serde_json::to_vec(&rep).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    control::send_line(conn, &line, pass)
+}
+
+/// Drop the kernel's cached view of `paths` (and their parent directories).
+fn invalidate(r: &Running, paths: &[PathBuf]) {
+    for (parent, name, node) in r.shared.cached_entries(paths) {
+        let _ = r.notifier.inval_entry(INodeNo(parent), &name);
+        let _ = r.notifier.inval_inode(INodeNo(parent), 0, 0);
+        if let Some(n) = node {
+            let _ = r.notifier.inval_inode(INodeNo(n), 0, 0);
+        }
+    }
+}
