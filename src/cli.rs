@@ -51,16 +51,23 @@ pub enum Cmd {
         lazy: bool,
     },
     /// Run CMD in DIR, mounted, inside the sandbox; exit with CMD's status
-    #[command(after_help = "CMD runs with DIR as its working directory. It may write only \
+    #[command(
+        after_help = "CMD runs with DIR as its working directory. It may write only \
 inside DIR (through the mount), in a private temporary directory (TMPDIR), and to terminal and \
 null devices; it can read and execute everything else. If DIR was not mounted, saferoot mounts \
-it for the run and unmounts it afterwards.")]
+it for the run and unmounts it afterwards."
+    )]
     Run {
         /// Run without the Landlock sandbox: CMD can then write anywhere, including around the mount
         #[arg(long)]
         no_sandbox: bool,
         /// The command and its arguments (put them after `--`)
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         cmd: Vec<OsString>,
     },
     /// Show the journal of changes, oldest first
@@ -235,7 +242,10 @@ pub fn mount(dir: &Path) -> Result<(u32, Child)> {
     let _ = child.wait();
     match line.strip_prefix("error: ") {
         Some(msg) => bail!("{msg}"),
-        None => bail!("the saferoot daemon exited before mounting {}", dir.display()),
+        None => bail!(
+            "the saferoot daemon exited before mounting {}",
+            dir.display()
+        ),
     }
 }
 
@@ -368,7 +378,11 @@ fn log(dir: &Path, json: bool) -> Result<()> {
             }
             if r.op == saferoot_snapshots::Op::Setattr {
                 if let (Some(o), Some(n)) = (r.old_mode, r.mode) {
-                    line.push_str(&format!(" mode {} -> {}", mode_str(Some(o)), mode_str(Some(n))));
+                    line.push_str(&format!(
+                        " mode {} -> {}",
+                        mode_str(Some(o)),
+                        mode_str(Some(n))
+                    ));
                 }
                 if let Some(s) = r.size {
                     line.push_str(&format!(" size -> {s}"));
@@ -424,7 +438,11 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
     let (store, mounted) = open_store(dir)?;
     println!(
         "saferoot: {} {} to {} ({} local)",
-        if dry_run { "would restore" } else { "restoring" },
+        if dry_run {
+            "would restore"
+        } else {
+            "restoring"
+        },
         dir.display(),
         time::format_utc(target),
         time::format_local_short(target)

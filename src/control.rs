@@ -72,7 +72,10 @@ pub fn bind(dir: &Path) -> Result<OwnedFd, nix::errno::Errno> {
     )?;
     let a = UnixAddr::new_abstract(&socket_name(dir))?;
     socket::bind(fd.as_raw_fd(), &a)?;
-    socket::listen(&fd, socket::Backlog::new(16).unwrap_or(socket::Backlog::MAXCONN))?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(16).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
     Ok(fd)
 }
 
@@ -105,7 +108,8 @@ pub fn send_line(fd: &OwnedFd, line: &[u8], pass: Option<RawFd>) -> nix::Result<
         }
         None => vec![],
     };
-    let mut sent = socket::sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    let mut sent =
+        socket::sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
     while sent < buf.len() {
         sent += socket::send(fd.as_raw_fd(), &buf[sent..], MsgFlags::MSG_NOSIGNAL)?;
     }

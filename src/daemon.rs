@@ -263,7 +263,15 @@ fn control_loop(r: &Running) {
             }
         };
         if !peer_allowed(&conn) {
-            let _ = reply(&conn, Reply { ok: false, error: Some("permission denied".into()), ..Default::default() }, None);
+            let _ = reply(
+                &conn,
+                Reply {
+                    ok: false,
+                    error: Some("permission denied".into()),
+                    ..Default::default()
+                },
+                None,
+            );
             continue;
         }
         let Ok((line, _)) = control::recv_line(&conn) else {

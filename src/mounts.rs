@@ -23,7 +23,10 @@ fn unescape(s: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -58,7 +61,10 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
 /// The topmost mount at exactly `path`, if any.
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse(&text).into_iter().rev().find(|m| m.mount_point == path)
+    parse(&text)
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == path)
 }
 
 /// Is a saferoot filesystem mounted at `path` (alive or not)?

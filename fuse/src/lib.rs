@@ -20,9 +20,9 @@ pub mod sys;
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use log::warn;
 use nix::errno::Errno as NixErrno;
@@ -153,7 +153,12 @@ impl Shared {
 
     /// Hash everything queued and stop the indexer (at unmount).
     pub fn finish_indexing(&self) {
-        if let Some(ix) = self.indexer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(ix) = self
+            .indexer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             ix.finish();
         }
     }
@@ -328,7 +333,8 @@ impl Shared {
     }
 
     fn chown_to_caller(&self, req: &Request, dir: BorrowedFd<'_>, name: &OsStr) {
-        if req.uid() != nix::unistd::geteuid().as_raw() || req.gid() != nix::unistd::getegid().as_raw()
+        if req.uid() != nix::unistd::geteuid().as_raw()
+            || req.gid() != nix::unistd::getegid().as_raw()
         {
             let _ = nix::unistd::fchownat(
                 dir,
@@ -354,7 +360,12 @@ impl Shared {
     }
 
     fn queue_index(&self, rel: PathBuf) {
-        if let Some(ix) = self.indexer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(ix) = self
+            .indexer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             ix.queue(rel);
         }
     }
@@ -401,7 +412,10 @@ impl Shared {
                 Mode::empty(),
             )
             .map_err(errno)?;
-            let hex = self.store.put_object(fd.as_fd()).map_err(|e| store_errno(&e))?;
+            let hex = self
+                .store
+                .put_object(fd.as_fd())
+                .map_err(|e| store_errno(&e))?;
             rec.object = Some(hex);
         } else if fmt == libc::S_IFLNK {
             let target = nix::fcntl::readlinkat(dir, name).map_err(errno)?;
@@ -455,8 +469,8 @@ impl Shared {
         let from_rel = self.dir_rel(&pnode, pfd.fd())?.join(name);
         let to_rel = self.dir_rel(&npnode, npfd.fd())?.join(newname);
         let t = now_ns();
-        let src = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(errno)?;
+        let src =
+            nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
         let base = Record {
             to: Some(to_rel.clone()),
             kind: Kind::from_mode(src.st_mode),
@@ -478,12 +492,17 @@ impl Shared {
             if let Ok(dst) = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 self.note_rename(&dst, parent.0, name);
             }
-            self.journal(req, Record { op: Op::Exchange, ..base });
+            self.journal(
+                req,
+                Record {
+                    op: Op::Exchange,
+                    ..base
+                },
+            );
             return Ok(());
         }
 
-        let dst = match nix::sys::stat::fstatat(npfd.fd(), newname, AtFlags::AT_SYMLINK_NOFOLLOW)
-        {
+        let dst = match nix::sys::stat::fstatat(npfd.fd(), newname, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(d) => Some(d),
             Err(NixErrno::ENOENT) => None,
             Err(e) => return Err(errno(e)),
@@ -1053,14 +1072,8 @@ impl Filesystem for SaferootFs {
             let fd = s.path_fd(&node)?;
             let npfd = s.path_fd(&npnode)?;
             let to_rel = s.dir_rel(&npnode, npfd.fd())?.join(newname);
-            nix::unistd::linkat(
-                fd.fd(),
-                "",
-                npfd.fd(),
-                newname,
-                AtFlags::AT_EMPTY_PATH,
-            )
-            .map_err(errno)?;
+            nix::unistd::linkat(fd.fd(), "", npfd.fd(), newname, AtFlags::AT_EMPTY_PATH)
+                .map_err(errno)?;
             let from_rel = s.node_rel(&node);
             let (_, attr) = s.lookup_in(&npnode, npfd.fd(), newname)?;
             s.journal(
@@ -1085,7 +1098,11 @@ impl Filesystem for SaferootFs {
         let r = (|| {
             let node = s.node(ino)?;
             let raw = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
-            let fd = match s.table.open(&node, OFlag::from_bits_retain(raw)).map_err(errno)? {
+            let fd = match s
+                .table
+                .open(&node, OFlag::from_bits_retain(raw))
+                .map_err(errno)?
+            {
                 Fd::Owned(fd) => fd,
                 Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
             };
@@ -1131,8 +1148,12 @@ impl Filesystem for SaferootFs {
             let mut buf = vec![0u8; size as usize];
             let mut done = 0;
             while done < buf.len() {
-                let n = nix::sys::uio::pread(f.fd.as_fd(), &mut buf[done..], (offset + done as u64) as i64)
-                    .map_err(errno)?;
+                let n = nix::sys::uio::pread(
+                    f.fd.as_fd(),
+                    &mut buf[done..],
+                    (offset + done as u64) as i64,
+                )
+                .map_err(errno)?;
                 if n == 0 {
                     break;
                 }
@@ -1164,8 +1185,12 @@ impl Filesystem for SaferootFs {
             let f = s.file(fh)?;
             let mut done = 0;
             while done < data.len() {
-                let n = nix::sys::uio::pwrite(f.fd.as_fd(), &data[done..], (offset + done as u64) as i64)
-                    .map_err(errno)?;
+                let n = nix::sys::uio::pwrite(
+                    f.fd.as_fd(),
+                    &data[done..],
+                    (offset + done as u64) as i64,
+                )
+                .map_err(errno)?;
                 if n == 0 {
                     break;
                 }
@@ -1216,7 +1241,14 @@ impl Filesystem for SaferootFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let r = self.shared.file(fh).and_then(|f| {
             if datasync {
                 nix::unistd::fdatasync(f.fd.as_fd()).map_err(errno)
@@ -1319,7 +1351,14 @@ impl Filesystem for SaferootFs {
                     // Vanished since the listing: skip it.
                     Err(_) => continue,
                 };
-                if reply.add(INodeNo(child.id), off, name, &s.opts.ttl, &attr, Generation(0)) {
+                if reply.add(
+                    INodeNo(child.id),
+                    off,
+                    name,
+                    &s.opts.ttl,
+                    &attr,
+                    Generation(0),
+                ) {
                     // Not sent: the kernel did not get this lookup.
                     s.table.forget(child.id, 1);
                     break;
@@ -1518,7 +1557,10 @@ impl Filesystem for SaferootFs {
             // The kernel only sends create for a name it found absent, holding the directory
             // lock; O_EXCL makes sure an existing file is never truncated behind our back.
             let oflags = OFlag::from_bits_retain(
-                (flags & !(libc::O_NOCTTY | libc::O_TRUNC)) | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                (flags & !(libc::O_NOCTTY | libc::O_TRUNC))
+                    | libc::O_CREAT
+                    | libc::O_EXCL
+                    | libc::O_CLOEXEC,
             );
             let fd = nix::fcntl::openat(
                 pfd.fd(),
@@ -1569,9 +1611,8 @@ impl Filesystem for SaferootFs {
     ) {
         let r = self.shared.file(fh).and_then(|f| {
             // SAFETY: plain syscall on a valid descriptor.
-            let r = unsafe {
-                libc::fallocate(f.fd.as_raw_fd(), mode, offset as i64, length as i64)
-            };
+            let r =
+                unsafe { libc::fallocate(f.fd.as_raw_fd(), mode, offset as i64, length as i64) };
             sys::last_errno(r).map_err(errno).map(|_| ())
         });
         match r {

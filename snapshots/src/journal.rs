@@ -45,7 +45,7 @@ pub enum Op {
     Mknod,
     /// A symlink was created; `target` holds its target.
     Symlink,
-    /// A hard link `path` was made to the existing file `to`... see [`Record::to`].
+    /// A new hard link `to` was made to the existing file `path`; `to` did not exist before.
     Link,
     /// `path` was removed. If it was the file's last link, the file was moved to `trash`;
     /// otherwise its content was stored as `object` (if a regular file) and the link removed.
