@@ -89,10 +89,22 @@ pub fn connect(dir: &Path) -> Result<Option<OwnedFd>> {
     )
     .context("create control socket")?;
     match socket::connect(fd.as_raw_fd(), &addr(dir)?) {
-        Ok(()) => Ok(Some(fd)),
+        Ok(()) => {
+            // A daemon that stops answering must not hang the CLI forever (an unmount that
+            // waits on a slow flush is the longest legitimate wait).
+            set_timeout(&fd, std::time::Duration::from_secs(120));
+            Ok(Some(fd))
+        }
         Err(nix::errno::Errno::ECONNREFUSED) | Err(nix::errno::Errno::ENOENT) => Ok(None),
         Err(e) => Err(anyhow!("connect to saferoot daemon: {e}")),
     }
+}
+
+/// Bound how long reads and writes on `fd` may block.
+pub fn set_timeout(fd: &OwnedFd, d: std::time::Duration) {
+    let tv = nix::sys::time::TimeVal::new(d.as_secs() as i64, 0);
+    let _ = socket::setsockopt(fd, socket::sockopt::ReceiveTimeout, &tv);
+    let _ = socket::setsockopt(fd, socket::sockopt::SendTimeout, &tv);
 }
 
 /// Send one line, optionally with a descriptor attached.

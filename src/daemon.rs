@@ -262,6 +262,8 @@ fn control_loop(r: &Running) {
                 return;
             }
         };
+        // One client at a time: a client that connects and says nothing must not stall others.
+        control::set_timeout(&conn, std::time::Duration::from_secs(5));
         if !peer_allowed(&conn) {
             let _ = reply(
                 &conn,

@@ -60,6 +60,17 @@ impl Default for Options {
 
 struct OpenFile {
     fd: OwnedFd,
+    /// The node whose passthrough registration this handle holds, if any.
+    backing_of: Mutex<Option<Arc<Node>>>,
+}
+
+impl OpenFile {
+    fn new(fd: OwnedFd) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
+            fd,
+            backing_of: Mutex::new(None),
+        })
+    }
 }
 
 struct DirHandle {
@@ -80,6 +91,9 @@ pub struct Shared {
     next_fh: AtomicU64,
     comms: Mutex<HashMap<u32, (Instant, String)>>,
     opts: Options,
+    /// The kernel accepted FUSE passthrough: reads and writes of regular files go straight to
+    /// the backing file without a round trip through this process.
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 pub struct SaferootFs {
@@ -136,6 +150,7 @@ impl SaferootFs {
                 next_fh: AtomicU64::new(1),
                 comms: Mutex::new(HashMap::new()),
                 opts,
+                passthrough: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -652,6 +667,32 @@ impl Shared {
             .ok_or(Errno::EBADF)
     }
 
+    /// Register (or reuse) the inode's passthrough backing id for an open handle.
+    /// `None`: serve this handle's reads and writes ourselves.
+    fn backing_for<'n>(
+        &self,
+        node: &'n Arc<Node>,
+        file: &OpenFile,
+        register: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> Option<std::sync::MutexGuard<'n, Option<(fuser::BackingId, usize)>>> {
+        if !self.passthrough.load(Ordering::Relaxed) || node.fmt != libc::S_IFREG {
+            return None;
+        }
+        let mut b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
+        match b.as_mut() {
+            Some((_, n)) => *n += 1,
+            None => match register(&file.fd) {
+                Ok(id) => *b = Some((id, 1)),
+                Err(e) => {
+                    warn!("passthrough refused ({e}); serving reads and writes directly");
+                    return None;
+                }
+            },
+        }
+        *file.backing_of.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+        Some(b)
+    }
+
     fn proc_of(&self, node: &Node) -> Result<(Fd<'_>, CString), Errno> {
         let fd = self.path_fd(node)?;
         let p = sys::proc_path(fd.fd());
@@ -699,6 +740,12 @@ impl Filesystem for SaferootFs {
             | InitFlags::FUSE_CACHE_SYMLINKS;
         for f in wanted.iter() {
             let _ = config.add_capabilities(f);
+        }
+        if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.shared.passthrough.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -1118,15 +1165,27 @@ impl Filesystem for SaferootFs {
                 );
             }
             let fh = s.new_fh();
+            let file = OpenFile::new(fd);
             s.files
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, Arc::new(OpenFile { fd }));
-            Ok::<_, Errno>(fh)
+                .insert(fh, file.clone());
+            Ok::<_, Errno>((node, file, fh))
         })();
         match r {
-            // Nothing else changes backing files while mounted: the page cache stays valid.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((node, file, fh)) => {
+                // Nothing else changes backing files while mounted: the page cache stays valid.
+                let flags = FopenFlags::FOPEN_KEEP_CACHE;
+                match s.backing_for(&node, &file, |fd| reply.open_backing(fd)) {
+                    Some(b) => match b.as_ref() {
+                        Some((id, _)) => {
+                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
+                        }
+                        None => reply.opened(FileHandle(fh), flags),
+                    },
+                    None => reply.opened(FileHandle(fh), flags),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -1233,11 +1292,27 @@ impl Filesystem for SaferootFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.shared
+        let file = self
+            .shared
             .files
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
+        if let Some(node) = file.and_then(|f| {
+            f.backing_of
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        }) {
+            let mut b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, n)) = b.as_mut() {
+                *n -= 1;
+                if *n == 0 {
+                    // Dropping the id unregisters it from the kernel.
+                    *b = None;
+                }
+            }
+        }
         reply.ok();
     }
 
@@ -1581,20 +1656,32 @@ impl Filesystem for SaferootFs {
                 },
             );
             let fh = s.new_fh();
+            let file = OpenFile::new(fd);
             s.files
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, Arc::new(OpenFile { fd }));
-            Ok::<_, Errno>((attr, fh))
+                .insert(fh, file.clone());
+            Ok::<_, Errno>((node, file, attr, fh))
         })();
         match r {
-            Ok((a, fh)) => reply.created(
-                &s.opts.ttl,
-                &a,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((node, file, a, fh)) => {
+                let flags = FopenFlags::FOPEN_KEEP_CACHE;
+                let ttl = s.opts.ttl;
+                match s.backing_for(&node, &file, |fd| reply.open_backing(fd)) {
+                    Some(b) => match b.as_ref() {
+                        Some((id, _)) => reply.created_passthrough(
+                            &ttl,
+                            &a,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            id,
+                        ),
+                        None => reply.created(&ttl, &a, Generation(0), FileHandle(fh), flags),
+                    },
+                    None => reply.created(&ttl, &a, Generation(0), FileHandle(fh), flags),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }

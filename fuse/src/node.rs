@@ -43,6 +43,9 @@ pub struct Node {
     /// Set once the object was moved into the trash by an unlink or replace: its visible link
     /// count is one less than the backing one (the trash link is not the user's).
     pub diverted: AtomicBool,
+    /// Kernel passthrough registration shared by every open handle of this inode, with the
+    /// number of handles using it (the kernel wants one backing id per inode).
+    pub backing: Mutex<Option<(fuser::BackingId, usize)>>,
 }
 
 impl Node {
@@ -104,6 +107,7 @@ impl Table {
                 nlookup: AtomicU64::new(1 << 62),
                 name: Mutex::new((ROOT_ID, OsString::new())),
                 diverted: AtomicBool::new(false),
+                backing: Mutex::new(None),
             }),
         );
         Ok(Table {
@@ -236,6 +240,7 @@ impl Table {
             nlookup: AtomicU64::new(carried + 1),
             name: Mutex::new((parent, name.to_owned())),
             diverted: AtomicBool::new(false),
+            backing: Mutex::new(None),
         });
         nodes.insert(id, node.clone());
         Ok(node)

@@ -22,7 +22,7 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -254,6 +254,14 @@ impl Journal {
                 path: path.clone(),
                 source: e,
             })?;
+        } else if last_byte(store, &path)? != Some(b'\n') {
+            // A crash tore the last record. End that line, so the fragment stays one bad
+            // line on its own instead of swallowing the next good record.
+            file.write_all(b"\n").map_err(|e| Error::Io {
+                op: "repair journal tail",
+                path: path.clone(),
+                source: e,
+            })?;
         }
         Ok(Journal {
             file: Mutex::new(file),
@@ -286,6 +294,26 @@ impl Journal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+fn last_byte(store: BorrowedFd<'_>, path: &Path) -> Result<Option<u8>> {
+    let fd = nix::fcntl::openat(
+        store,
+        JOURNAL_FILE,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::io("open journal", path, e))?;
+    let len = nix::sys::stat::fstat(fd.as_fd())
+        .map_err(|e| Error::io("stat journal", path, e))?
+        .st_size;
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut b = [0u8; 1];
+    nix::sys::uio::pread(fd.as_fd(), &mut b, len - 1)
+        .map_err(|e| Error::io("read journal", path, e))?;
+    Ok(Some(b[0]))
 }
 
 /// What [`read`] found besides the records.
@@ -410,6 +438,28 @@ mod tests {
         assert_eq!(r, vec![rec(2, "b")]);
         assert_eq!(rep.corrupt, 1);
         assert!(!rep.torn_tail);
+    }
+
+    #[test]
+    fn reopening_after_a_torn_write_keeps_the_next_record() {
+        let t = tempfile::tempdir().unwrap();
+        let dir: std::os::fd::OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let j = Journal::open(dir.as_fd(), t.path()).unwrap();
+        j.append(&rec(1, "a")).unwrap();
+        drop(j);
+        // Simulate a crash in the middle of writing the second record.
+        let torn = encode(&rec(2, "b"));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(t.path().join(JOURNAL_FILE))
+            .unwrap();
+        f.write_all(&torn[..torn.len() / 2]).unwrap();
+        drop(f);
+        let j = Journal::open(dir.as_fd(), t.path()).unwrap();
+        j.append(&rec(3, "c")).unwrap();
+        let (r, rep) = read(dir.as_fd(), t.path()).unwrap();
+        assert_eq!(r, vec![rec(1, "a"), rec(3, "c")]);
+        assert_eq!(rep.corrupt, 1);
     }
 
     #[test]
