@@ -118,6 +118,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let dir = resolve_dir(cli.dir.as_deref())?;
             let (pid, _child) = mount(&dir)?;
             println!("saferoot: mounted {} (daemon pid {pid})", dir.display());
+            warn_if_inside(&dir);
             Ok(0)
         }
         Cmd::Umount { lazy } => {
@@ -203,6 +204,21 @@ pub fn normalize(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// A shell whose working directory was already inside DIR keeps using the real directory
+/// underneath the new mount (a working directory is an inode, not a path): say so.
+fn warn_if_inside(dir: &Path) {
+    let Ok(cwd) = std::env::var("PWD").map(PathBuf::from) else {
+        return;
+    };
+    if cwd.starts_with(dir) {
+        eprintln!(
+            "saferoot: note: your shell is inside {} and still sees the unprotected directory \
+             under the mount; run `cd \"$PWD\"` to enter the mount",
+            dir.display()
+        );
+    }
 }
 
 /// Mount `dir` by starting the daemon; returns its pid once the mount is live.
@@ -436,17 +452,6 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
     let target = time::parse_time(when, now)?;
     let rel = project_relative(dir, paths)?;
     let (store, mounted) = open_store(dir)?;
-    println!(
-        "saferoot: {} {} to {} ({} local)",
-        if dry_run {
-            "would restore"
-        } else {
-            "restoring"
-        },
-        dir.display(),
-        time::format_utc(target),
-        time::format_local_short(target)
-    );
     let opts = restore::Options {
         target_t: target,
         paths: rel,
@@ -455,6 +460,13 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         comm: "saferoot".into(),
     };
     let report = restore::restore(&store, &opts)?;
+    println!(
+        "saferoot: {} {} to {} ({} local)",
+        if dry_run { "would restore" } else { "restored" },
+        dir.display(),
+        time::format_utc(target),
+        time::format_local_short(target)
+    );
     if mounted && !dry_run && !report.changes.is_empty() {
         let changed: Vec<PathBuf> = report.changes.iter().map(|c| c.path.clone()).collect();
         let _ = control::call(dir, &Request::Invalidate { paths: changed });
@@ -472,7 +484,7 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         println!("saferoot: nothing to do: the tree already matches that instant");
     } else {
         println!(
-            "saferoot: restored {n} path(s); what they replaced is in {}/.saferoot/trash \
+            "saferoot: {n} path(s) changed; what they replaced is in {}/.saferoot/trash \
              (undo with `saferoot restore {}`)",
             dir.display(),
             time::format_utc(now)
