@@ -277,6 +277,17 @@ pub fn umount(dir: &Path, lazy: bool) -> Result<()> {
             // The daemon died (crash or kill -9): the kernel mount is left dangling.
             nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH)
                 .with_context(|| format!("unmount the dead mount at {}", dir.display()))?;
+            // Journal what the daemon moved to the trash but did not live to record.
+            if let Ok((store, _)) = open_store(dir) {
+                if let Ok(n) = saferoot_snapshots::recover::recover(&store) {
+                    if n > 0 {
+                        eprintln!(
+                            "saferoot: journaled {n} item(s) the daemon had moved to the trash \
+                             without recording them"
+                        );
+                    }
+                }
+            }
             eprintln!(
                 "saferoot: the daemon for {} was gone; detached its mount (nothing is lost: \
                  the trash and journal are in {}/.saferoot)",
@@ -377,6 +388,7 @@ fn log(dir: &Path, json: bool) -> Result<()> {
                 "object": r.object,
                 "target": r.target.as_ref().map(|p| p.to_string_lossy()),
                 "target_time": r.target_t.map(time::format_utc),
+                "note": r.note,
             });
             writeln!(out, "{v}")?;
         } else {
@@ -405,6 +417,9 @@ fn log(dir: &Path, json: bool) -> Result<()> {
                 }
             }
             line.push_str(&format!("  {}[{}]", r.comm, r.pid));
+            if let Some(n) = &r.note {
+                line.push_str(&format!("  ({n})"));
+            }
             if let Some(k) = kept {
                 line.push_str(&format!("  kept: {k}"));
             }

@@ -28,7 +28,9 @@ struct FileLogger(Mutex<std::fs::File>);
 
 impl log::Log for FileLogger {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Warn
+        // fuser warns about every request type a filesystem leaves to the kernel (locks,
+        // ioctls); those are deliberate here, not news.
+        m.level() <= log::Level::Warn && !m.target().starts_with("fuser")
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
@@ -179,13 +181,23 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
             .with_context(|| format!("open the store of {}", dir.display()))?,
     );
     start_logging(&store);
+    match saferoot_snapshots::recover::recover(&store) {
+        Ok(0) => {}
+        Ok(n) => log::warn!("journaled {n} trash item(s) left unrecorded by a crash"),
+        Err(e) => log::warn!("recovering unjournaled trash items: {e}"),
+    }
     if let Err(e) = index::reindex(&store) {
         log::warn!("re-indexing the trash: {e}");
     }
+    let config = saferoot_snapshots::config::Config::load(&store)
+        .with_context(|| format!("read {}", store.dir_path().join("config.toml").display()))?;
     let fs = SaferootFs::new(
         root.try_clone().context("dup project fd")?,
         store.clone(),
-        Options::default(),
+        Options {
+            config,
+            ..Options::default()
+        },
     )
     .context("start the filesystem")?;
     let shared = fs.shared();

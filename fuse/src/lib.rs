@@ -29,7 +29,7 @@ use nix::errno::Errno as NixErrno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
 use node::{Fd, Node, Table, ROOT_ID};
-use saferoot_snapshots::{index::Indexer, now_ns, Kind, Op, Record, Store};
+use saferoot_snapshots::{config::Config, index::Indexer, now_ns, Kind, Op, Record, Store};
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -48,12 +48,15 @@ pub struct Options {
     /// backing directory while it is mounted (restore asks the daemon to invalidate), so this
     /// can be long.
     pub ttl: Duration,
+    /// Which trees pass through unversioned (see `saferoot_snapshots::config`).
+    pub config: Config,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             ttl: Duration::from_secs(1),
+            config: Config::default(),
         }
     }
 }
@@ -62,13 +65,16 @@ struct OpenFile {
     fd: OwnedFd,
     /// The node whose passthrough registration this handle holds, if any.
     backing_of: Mutex<Option<Arc<Node>>>,
+    /// The node this handle is counted as a writer of, if it was opened for writing.
+    writer_of: Option<Arc<Node>>,
 }
 
 impl OpenFile {
-    fn new(fd: OwnedFd) -> Arc<OpenFile> {
+    fn new(fd: OwnedFd, writer_of: Option<Arc<Node>>) -> Arc<OpenFile> {
         Arc::new(OpenFile {
             fd,
             backing_of: Mutex::new(None),
+            writer_of,
         })
     }
 }
@@ -248,6 +254,53 @@ impl Shared {
             // trash is re-indexed from itself at the next mount.
             warn!("journal append failed: {e}");
         }
+    }
+
+    /// Is this project-relative path in a scratch tree (unversioned)?
+    fn is_scratch(&self, rel: &Path, is_dir: bool) -> bool {
+        self.opts.config.is_scratch(rel, is_dir)
+    }
+
+    /// Keep the current bytes of the regular file `node` in the object store.
+    fn preimage_node(&self, node: &Node) -> Result<(String, FileStat), Errno> {
+        let fd = self
+            .table
+            .open(node, OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
+            .map_err(errno)?;
+        let st = nix::sys::stat::fstat(fd.fd()).map_err(errno)?;
+        let h = self
+            .store
+            .preimage(fd.fd(), &st)
+            .map_err(|e| store_errno(&e))?;
+        Ok((h, st))
+    }
+
+    /// Count a new writer of `node`. The first writer of a versioned file keeps the file's
+    /// bytes before anything can change them, and journals that; if they cannot be kept, the
+    /// open fails with the store's error.
+    fn begin_write(&self, req: &Request, node: &Arc<Node>, keep: bool) -> Result<(), Errno> {
+        let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+        if *w == 0 && keep && node.fmt == libc::S_IFREG {
+            let (h, st) = self.preimage_node(node)?;
+            self.journal(
+                req,
+                Record {
+                    kind: Some(Kind::File),
+                    mode: Some(st.st_mode),
+                    size: Some(st.st_size as u64),
+                    ino: Some(st.st_ino),
+                    object: Some(h),
+                    ..Record::new(now_ns(), Op::Write, self.node_rel(node), 0, "")
+                },
+            );
+        }
+        *w += 1;
+        Ok(())
+    }
+
+    fn end_write(&self, node: &Node) {
+        let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+        *w = w.saturating_sub(1);
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
@@ -494,6 +547,21 @@ impl Shared {
             ..Record::new(t, Op::Rename, &from_rel, 0, "")
         };
 
+        let src_dir = src.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let from_scratch = self.is_scratch(&from_rel, src_dir);
+        let to_scratch = self.is_scratch(&to_rel, src_dir);
+        if from_scratch || to_scratch {
+            return self.rename_scratch(
+                req,
+                (pfd.fd(), name, &from_rel, from_scratch),
+                (npfd.fd(), newname, &to_rel, to_scratch),
+                newparent.0,
+                flags,
+                &src,
+                base,
+            );
+        }
+
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             nix::fcntl::renameat2(
                 pfd.fd(),
@@ -548,7 +616,6 @@ impl Shared {
         };
 
         // Replacing an existing name: check what the kernel would refuse before touching it.
-        let src_dir = src.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let dst_dir = dst.st_mode & libc::S_IFMT == libc::S_IFDIR;
         if src_dir && !dst_dir {
             return Err(Errno::ENOTDIR);
@@ -615,6 +682,144 @@ impl Shared {
                     nix::fcntl::RenameFlags::RENAME_EXCHANGE,
                 );
                 Err(e)
+            }
+        }
+    }
+
+    /// A rename with a scratch tree on at least one side. Inside scratch nothing is kept.
+    /// Out of the versioned tree into scratch, the entry disappears from the versioned tree:
+    /// its bytes are kept first, as for an unlink. Into the versioned tree from scratch, it
+    /// appears: journaled as a creation (and what it replaces is kept as usual). Directories
+    /// and exchanges across the boundary get EXDEV, so `mv` copies and unlinks instead (which
+    /// the rules above then cover file by file).
+    #[allow(clippy::too_many_arguments)]
+    fn rename_scratch(
+        &self,
+        req: &Request,
+        (from_dir, name, from_rel, from_scratch): (BorrowedFd<'_>, &OsStr, &Path, bool),
+        (to_dir, newname, to_rel, to_scratch): (BorrowedFd<'_>, &OsStr, &Path, bool),
+        newparent: u64,
+        flags: RenameFlags,
+        src: &FileStat,
+        base: Record,
+    ) -> Result<(), Errno> {
+        let rename = |f: nix::fcntl::RenameFlags| {
+            nix::fcntl::renameat2(from_dir, name, to_dir, newname, f).map_err(errno)
+        };
+        let plain = if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE
+        } else {
+            nix::fcntl::RenameFlags::empty()
+        };
+        if from_scratch && to_scratch {
+            let f = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE
+            } else {
+                plain
+            };
+            rename(f)?;
+            self.note_rename(src, newparent, newname);
+            return Ok(());
+        }
+        let fmt = src.st_mode & libc::S_IFMT;
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || fmt == libc::S_IFDIR {
+            return Err(Errno::EXDEV);
+        }
+        let t = base.t;
+        if to_scratch {
+            // Leaving the versioned tree: keep its bytes as an unlink would.
+            let mut rec = Record {
+                op: Op::Unlink,
+                to: None,
+                note: Some(format!("moved into scratch {}", to_rel.display())),
+                ..base
+            };
+            if fmt == libc::S_IFREG {
+                let fd = nix::fcntl::openat(
+                    from_dir,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(errno)?;
+                rec.object = Some(
+                    self.store
+                        .preimage(fd.as_fd(), src)
+                        .map_err(|e| store_errno(&e))?,
+                );
+            } else if fmt == libc::S_IFLNK {
+                rec.target = Some(PathBuf::from(
+                    nix::fcntl::readlinkat(from_dir, name).map_err(errno)?,
+                ));
+            }
+            rename(plain)?;
+            self.note_rename(src, newparent, newname);
+            self.journal(req, rec);
+            return Ok(());
+        }
+        // Entering the versioned tree from scratch.
+        let dst = match nix::sys::stat::fstatat(to_dir, newname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(d) => Some(d),
+            Err(NixErrno::ENOENT) => None,
+            Err(e) => return Err(errno(e)),
+        };
+        let arrived = |s: &Shared| {
+            let (op, target) = match fmt {
+                libc::S_IFREG => (Op::Create, None),
+                libc::S_IFLNK => (
+                    Op::Symlink,
+                    nix::fcntl::readlinkat(to_dir, newname)
+                        .ok()
+                        .map(PathBuf::from),
+                ),
+                _ => (Op::Mknod, None),
+            };
+            s.journal(
+                req,
+                Record {
+                    op,
+                    path: to_rel.to_owned(),
+                    to: None,
+                    target,
+                    note: Some(format!("moved out of scratch {}", from_rel.display())),
+                    ..base.clone()
+                },
+            );
+        };
+        match dst {
+            None => {
+                rename(plain)?;
+                self.note_rename(src, newparent, newname);
+                arrived(self);
+                Ok(())
+            }
+            Some(d) if flags.contains(RenameFlags::RENAME_NOREPLACE) => {
+                let _ = d;
+                Err(Errno::EEXIST)
+            }
+            Some(d) if d.st_mode & libc::S_IFMT == libc::S_IFDIR => Err(Errno::EISDIR),
+            Some(d) => {
+                // Swap, keep the replaced entry (now at the old name) like any rename-over.
+                rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE)?;
+                match self.keep(from_dir, name, to_rel, &d, t) {
+                    Ok(kept) => {
+                        if kept.trash.is_none() {
+                            let _ = nix::unistd::unlinkat(
+                                from_dir,
+                                name,
+                                nix::unistd::UnlinkatFlags::NoRemoveDir,
+                            );
+                        }
+                        self.note_rename(src, newparent, newname);
+                        self.journal(req, kept);
+                        arrived(self);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE);
+                        Err(e)
+                    }
+                }
             }
         }
     }
@@ -832,7 +1037,17 @@ impl Filesystem for SaferootFs {
                 )
                 .map_err(errno)?;
             }
+            let rel = s.node_rel(&node);
+            let versioned = !s.is_scratch(&rel, node.is_dir());
+            let mut kept = None;
             if let Some(sz) = size {
+                // A size change destroys or moves bytes: keep them first, unless a write
+                // session is open (its first writer kept the file when it opened it).
+                let w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+                if versioned && *w == 0 && sz as i64 != before.st_size {
+                    kept = Some(s.preimage_node(&node)?.0);
+                }
+                drop(w);
                 match &open {
                     Some(f) => nix::unistd::ftruncate(f.fd.as_fd(), sz as i64).map_err(errno)?,
                     None => {
@@ -862,16 +1077,17 @@ impl Filesystem for SaferootFs {
                 sys::last_errno(r).map_err(errno)?;
             }
             let after = nix::sys::stat::fstat(pfd.fd()).map_err(errno)?;
-            if mode.is_some() || size.is_some() || uid.is_some() || gid.is_some() {
+            if versioned && (mode.is_some() || size.is_some() || uid.is_some() || gid.is_some()) {
                 s.journal(
                     req,
                     Record {
                         kind: Kind::from_mode(after.st_mode),
                         mode: Some(after.st_mode),
                         old_mode: mode.map(|_| before.st_mode),
-                        size: size,
+                        size,
                         ino: Some(after.st_ino),
-                        ..Record::new(now_ns(), Op::Setattr, s.node_rel(&node), 0, "")
+                        object: kept,
+                        ..Record::new(now_ns(), Op::Setattr, rel, 0, "")
                     },
                 );
             }
@@ -927,6 +1143,9 @@ impl Filesystem for SaferootFs {
             sys::last_errno(r).map_err(errno)?;
             s.chown_to_caller(req, pfd.fd(), name);
             let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
+            if s.is_scratch(&rel, false) {
+                return Ok(attr);
+            }
             let op = if mode & libc::S_IFMT == libc::S_IFREG {
                 Op::Create
             } else {
@@ -970,6 +1189,9 @@ impl Filesystem for SaferootFs {
                 .map_err(errno)?;
             s.chown_to_caller(req, pfd.fd(), name);
             let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
+            if s.is_scratch(&rel, true) {
+                return Ok(attr);
+            }
             s.journal(
                 req,
                 Record {
@@ -1001,6 +1223,14 @@ impl Filesystem for SaferootFs {
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                 return Err(Errno::EISDIR);
             }
+            if s.is_scratch(&rel, false) {
+                return nix::unistd::unlinkat(
+                    pfd.fd(),
+                    name,
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                )
+                .map_err(errno);
+            }
             let t = now_ns();
             let rec = s.keep(pfd.fd(), name, &rel, &st, t)?;
             if rec.trash.is_none() {
@@ -1029,15 +1259,17 @@ impl Filesystem for SaferootFs {
                 .map_err(errno)?;
             nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)
                 .map_err(errno)?;
-            s.journal(
-                req,
-                Record {
-                    kind: Some(Kind::Dir),
-                    mode: Some(st.st_mode),
-                    ino: Some(st.st_ino),
-                    ..Record::new(now_ns(), Op::Rmdir, rel, 0, "")
-                },
-            );
+            if !s.is_scratch(&rel, true) {
+                s.journal(
+                    req,
+                    Record {
+                        kind: Some(Kind::Dir),
+                        mode: Some(st.st_mode),
+                        ino: Some(st.st_ino),
+                        ..Record::new(now_ns(), Op::Rmdir, rel, 0, "")
+                    },
+                );
+            }
             Ok(())
         })();
         match r {
@@ -1065,6 +1297,9 @@ impl Filesystem for SaferootFs {
             nix::unistd::symlinkat(target, pfd.fd(), link_name).map_err(errno)?;
             s.chown_to_caller(req, pfd.fd(), link_name);
             let (node, attr) = s.lookup_in(&pnode, pfd.fd(), link_name)?;
+            if s.is_scratch(&rel, false) {
+                return Ok(attr);
+            }
             s.journal(
                 req,
                 Record {
@@ -1123,6 +1358,9 @@ impl Filesystem for SaferootFs {
                 .map_err(errno)?;
             let from_rel = s.node_rel(&node);
             let (_, attr) = s.lookup_in(&npnode, npfd.fd(), newname)?;
+            if s.is_scratch(&to_rel, false) {
+                return Ok(attr);
+            }
             s.journal(
                 req,
                 Record {
@@ -1154,18 +1392,16 @@ impl Filesystem for SaferootFs {
                 Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
             };
             let acc = raw & libc::O_ACCMODE;
-            if acc == libc::O_WRONLY || acc == libc::O_RDWR || raw & libc::O_TRUNC != 0 {
-                s.journal(
-                    req,
-                    Record {
-                        kind: Some(Kind::File),
-                        ino: Some(node.ino),
-                        ..Record::new(now_ns(), Op::Write, s.node_rel(&node), 0, "")
-                    },
-                );
-            }
+            let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR || raw & libc::O_TRUNC != 0;
+            let writer_of = if writes {
+                let keep = !s.is_scratch(&s.node_rel(&node), node.is_dir());
+                s.begin_write(req, &node, keep)?;
+                Some(node.clone())
+            } else {
+                None
+            };
             let fh = s.new_fh();
-            let file = OpenFile::new(fd);
+            let file = OpenFile::new(fd, writer_of);
             s.files
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1298,6 +1534,9 @@ impl Filesystem for SaferootFs {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
+        if let Some(w) = file.as_ref().and_then(|f| f.writer_of.as_ref()) {
+            self.shared.end_write(w);
+        }
         if let Some(node) = file.and_then(|f| {
             f.backing_of
                 .lock()
@@ -1646,17 +1885,26 @@ impl Filesystem for SaferootFs {
             .map_err(errno)?;
             s.chown_to_caller(req, pfd.fd(), name);
             let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
-            s.journal(
-                req,
-                Record {
-                    kind: Some(Kind::File),
-                    mode: Some(libc::S_IFREG | (mode & 0o7777)),
-                    ino: Some(node.ino),
-                    ..Record::new(now_ns(), Op::Create, rel, 0, "")
-                },
-            );
+            if !s.is_scratch(&rel, false) {
+                s.journal(
+                    req,
+                    Record {
+                        kind: Some(Kind::File),
+                        mode: Some(libc::S_IFREG | (mode & 0o7777)),
+                        ino: Some(node.ino),
+                        ..Record::new(now_ns(), Op::Create, rel, 0, "")
+                    },
+                );
+            }
+            // A new file has no earlier bytes: its creator writes without a pre-image.
+            let writer_of = if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                s.begin_write(req, &node, false)?;
+                Some(node.clone())
+            } else {
+                None
+            };
             let fh = s.new_fh();
-            let file = OpenFile::new(fd);
+            let file = OpenFile::new(fd, writer_of);
             s.files
                 .write()
                 .unwrap_or_else(|p| p.into_inner())

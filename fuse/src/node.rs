@@ -46,6 +46,9 @@ pub struct Node {
     /// Kernel passthrough registration shared by every open handle of this inode, with the
     /// number of handles using it (the kernel wants one backing id per inode).
     pub backing: Mutex<Option<(fuser::BackingId, usize)>>,
+    /// Open handles that may write. The first one keeps a pre-image; the lock is held while it
+    /// is taken, so no second writer can change the file before the bytes are safe.
+    pub writers: Mutex<usize>,
 }
 
 impl Node {
@@ -108,6 +111,7 @@ impl Table {
                 name: Mutex::new((ROOT_ID, OsString::new())),
                 diverted: AtomicBool::new(false),
                 backing: Mutex::new(None),
+                writers: Mutex::new(0),
             }),
         );
         Ok(Table {
@@ -241,6 +245,7 @@ impl Table {
             name: Mutex::new((parent, name.to_owned())),
             diverted: AtomicBool::new(false),
             backing: Mutex::new(None),
+            writers: Mutex::new(0),
         });
         nodes.insert(id, node.clone());
         Ok(node)

@@ -59,12 +59,18 @@ pub enum Op {
     /// Metadata change on `path`: `mode` is the new mode, `old_mode` the previous one;
     /// `size` is set for a truncate.
     Setattr,
-    /// `path` was opened for writing and written (content not kept in this version).
+    /// `path` was opened for writing (first writer of the inode), or had a range punched or
+    /// collapsed; `object` is its content just before (the pre-image), when kept.
     Write,
     /// Marker: a restore to instant `target_t` started. The changes it made follow as ordinary
     /// records (`unlink` to trash for what it displaced, `create`/`mkdir`/`symlink` for what it
     /// put back), so a later restore can undo it like any other change.
     Restore,
+    /// Marker: a `saferoot run` session started (`note` holds the command). `@start` is the
+    /// newest of these.
+    Run,
+    /// Marker: snapshot number `snapshot` (a manifest of the whole tree) was taken.
+    Snapshot,
 }
 
 impl Op {
@@ -84,6 +90,8 @@ impl Op {
             Op::Setattr => "setattr",
             Op::Write => "write",
             Op::Restore => "restore",
+            Op::Run => "run",
+            Op::Snapshot => "snapshot",
         }
     }
 }
@@ -165,6 +173,12 @@ pub struct Record {
     /// For `restore` markers: the instant restored to (UTC ns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_t: Option<i64>,
+    /// Free text for people: the command of a `run` record, or why a record was recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// For `snapshot` markers: the snapshot number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<u64>,
     /// The process that made the change.
     pub pid: u32,
     pub comm: String,
@@ -193,6 +207,8 @@ impl Record {
             object: None,
             target: None,
             target_t: None,
+            note: None,
+            snapshot: None,
             pid,
             comm: comm.into(),
         }

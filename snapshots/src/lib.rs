@@ -5,8 +5,10 @@
 //! project directory and on its `.saferoot/` store), with or without a FUSE mount in front of it.
 //! This crate knows nothing about FUSE, Landlock or the command line.
 
+pub mod config;
 pub mod index;
 pub mod journal;
+pub mod recover;
 pub mod relpath;
 pub mod restore;
 pub mod store;

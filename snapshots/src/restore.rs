@@ -244,7 +244,7 @@ fn in_scope(p: &Path, scopes: &[PathBuf]) -> bool {
 
 /// Where the bytes (or the metadata) of a virtual entry come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Src {
+enum Source {
     /// The entry now at this project-relative path.
     Live(PathBuf),
     /// This path relative to the store (in the trash).
@@ -258,11 +258,11 @@ enum Src {
 }
 
 #[derive(Clone, Debug)]
-struct Node {
+struct Entry {
     kind: Kind,
     /// `mode & 0o7777`.
     perm: u32,
-    src: Src,
+    src: Source,
     size: u64,
     mtime: Option<(i64, i64)>,
     owner: Option<(u32, u32)>,
@@ -273,9 +273,9 @@ struct Node {
     written: bool,
 }
 
-impl Node {
-    fn from_stat(st: &FileStat, src: Src, target: Option<OsString>) -> Option<Node> {
-        Some(Node {
+impl Entry {
+    fn from_stat(st: &FileStat, src: Source, target: Option<OsString>) -> Option<Entry> {
+        Some(Entry {
             kind: Kind::from_mode(st.st_mode)?,
             perm: st.st_mode & 0o7777,
             src,
@@ -289,8 +289,8 @@ impl Node {
         })
     }
 
-    fn bare(kind: Kind, perm: u32, src: Src) -> Node {
-        Node {
+    fn bare(kind: Kind, perm: u32, src: Source) -> Entry {
+        Entry {
             kind,
             perm,
             src,
@@ -310,7 +310,7 @@ impl Node {
     }
 
     fn unknown(&self) -> bool {
-        matches!(self.src, Src::Unknown(_))
+        matches!(self.src, Source::Unknown(_))
     }
 }
 
@@ -338,11 +338,11 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-type Tree = BTreeMap<PathBuf, Node>;
+type Tree = BTreeMap<PathBuf, Entry>;
 
 /// `p` and everything below it, removed from `tree`, keyed relative to `p` (`""` for `p`).
 /// Paths order component-wise, so a subtree is one contiguous range starting at `p`.
-fn take_subtree(tree: &mut Tree, p: &Path) -> Vec<(PathBuf, Node)> {
+fn take_subtree(tree: &mut Tree, p: &Path) -> Vec<(PathBuf, Entry)> {
     let keys: Vec<PathBuf> = tree
         .range::<Path, _>((Bound::Included(p), Bound::Unbounded))
         .take_while(|(k, _)| k.starts_with(p))
@@ -357,7 +357,7 @@ fn take_subtree(tree: &mut Tree, p: &Path) -> Vec<(PathBuf, Node)> {
         .collect()
 }
 
-fn put_subtree(tree: &mut Tree, p: &Path, items: Vec<(PathBuf, Node)>) {
+fn put_subtree(tree: &mut Tree, p: &Path, items: Vec<(PathBuf, Entry)>) {
     for (rel, n) in items {
         tree.insert(join(p, &rel), n);
     }
@@ -458,7 +458,7 @@ fn live_tree(store: &Store) -> Result<Tree> {
     Ok(found
         .into_iter()
         .filter_map(|(p, st, target)| {
-            let n = Node::from_stat(&st, Src::Live(p.clone()), target)?;
+            let n = Entry::from_stat(&st, Source::Live(p.clone()), target)?;
             Some((p, n))
         })
         .collect())
@@ -508,14 +508,14 @@ impl Rollback<'_> {
 
     /// Undo one record on the virtual tree.
     fn undo(&mut self, r: &Record) -> Result<()> {
-        if matches!(r.op, Op::Mount | Op::Umount | Op::Restore) {
+        if matches!(r.op, Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot) {
             return Ok(());
         }
         let Some(path) = self.path(Some(&r.path)) else {
             return Ok(());
         };
         match r.op {
-            Op::Mount | Op::Umount | Op::Restore => {}
+            Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot => {}
             Op::Create | Op::Mkdir | Op::Mknod | Op::Symlink => self.remove(&path),
             Op::Link => {
                 if let Some(to) = self.path(r.to.as_deref()) {
@@ -530,7 +530,7 @@ impl Rollback<'_> {
                 self.clear(&path);
                 let perm = r.mode.unwrap_or(0o755) & 0o7777;
                 self.tree
-                    .insert(path, Node::bare(Kind::Dir, perm, Src::Fresh));
+                    .insert(path, Entry::bare(Kind::Dir, perm, Source::Fresh));
             }
             Op::Rename => {
                 let Some(to) = self.path(r.to.as_deref()) else {
@@ -605,10 +605,10 @@ impl Rollback<'_> {
         if let Some(hex) = &r.object {
             let perm = r.mode.unwrap_or(0o644) & 0o7777;
             let n = self.object_node(hex, perm)?.unwrap_or_else(|| {
-                Node::bare(
+                Entry::bare(
                     Kind::File,
                     perm,
-                    Src::Unknown(format!(
+                    Source::Unknown(format!(
                         "removed at {when}, but its kept content (object {hex}) is gone"
                     )),
                 )
@@ -619,10 +619,10 @@ impl Rollback<'_> {
         let kind = r.kind.unwrap_or(Kind::File);
         self.tree.insert(
             p.to_owned(),
-            Node::bare(
+            Entry::bare(
                 kind,
                 r.mode.unwrap_or(0) & 0o7777,
-                Src::Unknown(format!("removed at {when} without its content being kept")),
+                Source::Unknown(format!("removed at {when} without its content being kept")),
             ),
         );
         Ok(())
@@ -637,10 +637,10 @@ impl Rollback<'_> {
             Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => {
                 self.tree.insert(
                     p.to_owned(),
-                    Node::bare(
+                    Entry::bare(
                         Kind::File,
                         0,
-                        Src::Unknown(format!(
+                        Source::Unknown(format!(
                             "removed at {when}, but its copy {} is no longer in the trash",
                             tr.display()
                         )),
@@ -658,7 +658,7 @@ impl Rollback<'_> {
         } else {
             None
         };
-        let Some(top) = Node::from_stat(&st, Src::Trash(tr.to_owned()), target) else {
+        let Some(top) = Entry::from_stat(&st, Source::Trash(tr.to_owned()), target) else {
             return Ok(());
         };
         let is_dir = top.kind == Kind::Dir;
@@ -674,7 +674,7 @@ impl Rollback<'_> {
             let mut found = Vec::new();
             walk(fd.as_fd(), &shown, false, &mut found)?;
             for (sub, st, target) in found {
-                if let Some(n) = Node::from_stat(&st, Src::Trash(tr.join(&sub)), target) {
+                if let Some(n) = Entry::from_stat(&st, Source::Trash(tr.join(&sub)), target) {
                     self.tree.insert(p.join(&sub), n);
                 }
             }
@@ -684,15 +684,15 @@ impl Rollback<'_> {
 
     /// A regular file whose content is the object `hex`, or `None` if the object is missing or
     /// the name is not a blake3 hex digest.
-    fn object_node(&self, hex: &str, perm: u32) -> Result<Option<Node>> {
+    fn object_node(&self, hex: &str, perm: u32) -> Result<Option<Entry>> {
         if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Ok(None);
         }
         let rel = object_rel(hex);
         match nix::sys::stat::fstatat(self.store.dir(), &rel, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(Some(Node {
+            Ok(st) => Ok(Some(Entry {
                 size: st.st_size as u64,
-                ..Node::bare(Kind::File, perm, Src::Object(hex.to_owned()))
+                ..Entry::bare(Kind::File, perm, Source::Object(hex.to_owned()))
             })),
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(Error::io(
@@ -708,9 +708,9 @@ impl Rollback<'_> {
 struct Step {
     mark: Mark,
     /// The entry there now, if any.
-    cur: Option<Node>,
+    cur: Option<Entry>,
     /// The entry to have there, if any.
-    want: Option<Node>,
+    want: Option<Entry>,
 }
 
 type Plan = BTreeMap<PathBuf, Step>;
@@ -736,7 +736,7 @@ fn diff(
         let c = cur.get(p);
         let w = want.get(p);
         if let Some(w) = w {
-            if let Src::Unknown(why) = &w.src {
+            if let Source::Unknown(why) = &w.src {
                 let what = if c.is_some() {
                     "left as it is now"
                 } else {
@@ -820,7 +820,7 @@ fn diff(
                     None => {
                         let w = match want.get(a) {
                             Some(n) if n.kind == Kind::Dir && !n.unknown() => n.clone(),
-                            _ => Node::bare(Kind::Dir, 0o755, Src::Fresh),
+                            _ => Entry::bare(Kind::Dir, 0o755, Source::Fresh),
                         };
                         extra.insert(
                             a.to_owned(),
@@ -840,10 +840,10 @@ fn diff(
 }
 
 /// Whether `c` (now at `p`) and `w` (at T) hold the same bytes / target / device. Types match.
-fn same_content(fs: &mut Fs<'_>, p: &Path, c: &Node, w: &Node) -> Result<bool> {
+fn same_content(fs: &mut Fs<'_>, p: &Path, c: &Entry, w: &Entry) -> Result<bool> {
     Ok(match c.kind {
         Kind::File => {
-            if w.src == Src::Live(p.to_owned()) {
+            if w.src == Source::Live(p.to_owned()) {
                 true
             } else if c.size != w.size {
                 false
@@ -919,14 +919,14 @@ impl<'a> Fs<'a> {
 
     /// Open the bytes of a regular-file source for reading. A live source this restore has
     /// displaced is read from where it went in the trash.
-    fn open_source(&mut self, src: &Src, for_path: &Path) -> Result<OwnedFd> {
+    fn open_source(&mut self, src: &Source, for_path: &Path) -> Result<OwnedFd> {
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
         let in_store = |fs: &Self, rel: &Path| {
             nix::fcntl::openat(fs.store.dir(), rel, flags, Mode::empty())
                 .map_err(|e| Error::io("open to restore", &fs.store.dir_path().join(rel), e))
         };
         match src {
-            Src::Live(p) => {
+            Source::Live(p) => {
                 if let Some(tr) = self.displaced.get(p).cloned() {
                     return in_store(self, &tr);
                 }
@@ -935,17 +935,17 @@ impl<'a> Fs<'a> {
                 nix::fcntl::openat(dfd.as_fd(), n, flags, Mode::empty())
                     .map_err(|e| Error::io("open to restore", &self.shown(p), e))
             }
-            Src::Trash(tr) => in_store(self, tr),
-            Src::Object(hex) => in_store(self, &object_rel(hex)),
-            Src::Fresh | Src::Unknown(_) => Err(Error::Invalid(format!(
+            Source::Trash(tr) => in_store(self, tr),
+            Source::Object(hex) => in_store(self, &object_rel(hex)),
+            Source::Fresh | Source::Unknown(_) => Err(Error::Invalid(format!(
                 "{}: no content to restore from",
                 for_path.display()
             ))),
         }
     }
 
-    fn hash(&mut self, src: &Src, for_path: &Path) -> Result<blake3::Hash> {
-        if let Src::Object(hex) = src {
+    fn hash(&mut self, src: &Source, for_path: &Path) -> Result<blake3::Hash> {
+        if let Source::Object(hex) = src {
             if let Ok(h) = blake3::Hash::from_hex(hex) {
                 return Ok(h);
             }
@@ -1080,7 +1080,7 @@ impl Exec<'_, '_> {
     }
 
     /// Move the non-directory `p` into the trash.
-    fn displace(&mut self, p: &Path, c: &Node) -> Result<()> {
+    fn displace(&mut self, p: &Path, c: &Entry) -> Result<()> {
         let (d, n) = split(p)?;
         self.make_writable(d);
         let dfd = self.fs.dir(d)?;
@@ -1101,7 +1101,7 @@ impl Exec<'_, '_> {
 
     /// Remove the directory `p`, emptied by [`Exec::displace`]. If something appeared in it
     /// meanwhile, the whole directory goes to the trash instead.
-    fn remove_dir(&mut self, p: &Path, c: &Node) -> Result<()> {
+    fn remove_dir(&mut self, p: &Path, c: &Entry) -> Result<()> {
         let (d, n) = split(p)?;
         self.make_writable(d);
         let dfd = self.fs.dir(d)?;
@@ -1134,7 +1134,7 @@ impl Exec<'_, '_> {
     }
 
     /// Change the permission bits of the non-directory `p` in place.
-    fn chmod(&mut self, p: &Path, c: &Node, w: &Node) -> Result<()> {
+    fn chmod(&mut self, p: &Path, c: &Entry, w: &Entry) -> Result<()> {
         let (d, n) = split(p)?;
         let dfd = self.fs.dir(d)?;
         chmod_at(dfd.as_fd(), n, w.perm).map_err(|e| Error::io("chmod", &self.shown(p), e))?;
@@ -1148,7 +1148,7 @@ impl Exec<'_, '_> {
 
     /// Create `p` as `w`. Directories are created open (owner rwx) and returned to be
     /// finished once filled.
-    fn put(&mut self, p: &Path, w: &Node) -> Result<Option<FinishDir>> {
+    fn put(&mut self, p: &Path, w: &Entry) -> Result<Option<FinishDir>> {
         let (d, n) = split(p)?;
         self.make_writable(d);
         let dfd = self.fs.dir(d)?;
@@ -1251,7 +1251,7 @@ impl Exec<'_, '_> {
     }
 
     /// Copy the bytes, then owner (privileged only), mode and mtime, onto a new regular file.
-    fn fill(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, w: &Node, shown: &Path) -> Result<()> {
+    fn fill(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, w: &Entry, shown: &Path) -> Result<()> {
         store::clone_or_copy(src, dst).map_err(|e| Error::io("copy into", shown, e))?;
         if self.privileged {
             if let Some((uid, gid)) = w.owner {
@@ -1272,7 +1272,7 @@ impl Exec<'_, '_> {
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
-        w: &Node,
+        w: &Entry,
         shown: &Path,
     ) -> Result<()> {
         if self.privileged {
@@ -1314,10 +1314,10 @@ impl Exec<'_, '_> {
                 ..self.record(Op::Setattr, p)
             });
         }
-        let w = Node {
+        let w = Entry {
             mtime: f.mtime,
             owner: f.owner,
-            ..Node::bare(Kind::Dir, f.perm, Src::Fresh)
+            ..Entry::bare(Kind::Dir, f.perm, Source::Fresh)
         };
         self.set_owner_and_mtime(dfd.as_fd(), n, &w, &shown)?;
         chmod_at(dfd.as_fd(), n, f.perm).map_err(|e| Error::io("chmod", &shown, e))

@@ -55,6 +55,9 @@ pub struct Store {
     made_dirs: Mutex<HashSet<PathBuf>>,
     /// Per second: the bucket to start from for a relative path deleted again in that second.
     buckets: Mutex<(String, HashMap<PathBuf, u32>)>,
+    /// blake3 of files by (dev, ino), valid while their CacheKey is unchanged.
+    hash_cache: Mutex<HashMap<(u64, u64), (CacheKey, String)>>,
+    tmp_seq: std::sync::atomic::AtomicU64,
 }
 
 /// Reject absolute paths, `..`, and empty paths: every path the store handles is inside the
@@ -198,6 +201,8 @@ impl Store {
             journal,
             made_dirs: Mutex::new(HashSet::new()),
             buckets: Mutex::new((String::new(), HashMap::new())),
+            hash_cache: Mutex::new(HashMap::new()),
+            tmp_seq: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -352,35 +357,47 @@ impl Store {
     }
 
     /// Copy the content of the open regular file `src` into the object store, named by its
-    /// blake3. Returns the hex hash. Nothing is copied if the object already exists.
-    /// The copy is a reflink where the filesystem supports it, `copy_file_range` otherwise.
+    /// blake3. Returns the hex hash. The copy is made first and the copy is what gets hashed,
+    /// so an object's name always matches its bytes even if `src` changes meanwhile. The copy
+    /// is a reflink where the filesystem supports it, `copy_file_range` otherwise; a copy whose
+    /// object already exists is dropped.
     pub fn put_object(&self, src: BorrowedFd<'_>) -> Result<String> {
-        let hash = hash_fd(src).map_err(|e| Error::io("hash", &self.dir_path, e))?;
-        let hex = hash.to_hex().to_string();
-        let rel = object_rel(&hex);
-        match nix::sys::stat::fstatat(self.dir.as_fd(), &rel, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(_) => return Ok(hex),
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(Error::io("stat object", &self.dir_path.join(&rel), e)),
-        }
         self.make_dirs(Path::new(TMP_DIR))?;
-        self.make_dirs(rel.parent().unwrap_or(Path::new(OBJECTS_DIR)))?;
         let tmp_rel = Path::new(TMP_DIR).join(format!(
-            "{}.{}.{}",
-            &hex[..16],
+            "obj.{}.{}.{}",
             std::process::id(),
-            crate::now_ns()
+            crate::now_ns(),
+            self.tmp_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let dst = nix::fcntl::openat(
             self.dir.as_fd(),
             &tmp_rel,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o400),
         )
         .map_err(|e| Error::io("create object", &self.dir_path.join(&tmp_rel), e))?;
-        let copied = clone_or_copy(src, dst.as_fd());
-        let synced = copied.and_then(|()| nix::unistd::fsync(dst.as_fd()));
-        let result = synced.and_then(|()| {
+        let unlink_tmp = || {
+            let _ = nix::unistd::unlinkat(
+                self.dir.as_fd(),
+                &tmp_rel,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        };
+        let hashed = clone_or_copy(src, dst.as_fd()).and_then(|()| hash_fd(dst.as_fd()));
+        let hash = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                unlink_tmp();
+                return Err(Error::io("copy into the object store", &self.dir_path, e));
+            }
+        };
+        let hex = hash.to_hex().to_string();
+        let rel = object_rel(&hex);
+        if let Err(e) = self.make_dirs(rel.parent().unwrap_or(Path::new(OBJECTS_DIR))) {
+            unlink_tmp();
+            return Err(e);
+        }
+        let placed = nix::unistd::fsync(dst.as_fd()).and_then(|()| {
             nix::fcntl::renameat2(
                 self.dir.as_fd(),
                 &tmp_rel,
@@ -388,22 +405,80 @@ impl Store {
                 &rel,
                 RenameFlags::RENAME_NOREPLACE,
             )
-            .or_else(|e| if e == Errno::EEXIST { Ok(()) } else { Err(e) })
         });
-        if let Err(e) = result {
-            let _ = nix::unistd::unlinkat(
-                self.dir.as_fd(),
-                &tmp_rel,
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-            return Err(Error::io("store object", &self.dir_path.join(&rel), e));
+        match placed {
+            Ok(()) => Ok(hex),
+            Err(Errno::EEXIST) => {
+                unlink_tmp();
+                Ok(hex)
+            }
+            Err(e) => {
+                unlink_tmp();
+                Err(Error::io("store object", &self.dir_path.join(&rel), e))
+            }
         }
-        let _ = nix::unistd::unlinkat(
-            self.dir.as_fd(),
-            &tmp_rel,
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
-        Ok(hex)
+    }
+
+    /// Does the object store hold `hex`?
+    pub fn has_object(&self, hex: &str) -> bool {
+        hex.len() == 64
+            && nix::sys::stat::fstatat(
+                self.dir.as_fd(),
+                &object_rel(hex),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok()
+    }
+
+    /// The blake3 of a file, if it was hashed before and has not changed since (same inode,
+    /// size, mtime and ctime).
+    pub fn cached_hash(&self, st: &nix::sys::stat::FileStat) -> Option<String> {
+        let c = self.hash_cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.get(&(st.st_dev, st.st_ino))
+            .filter(|e| e.0 == CacheKey::of(st))
+            .map(|e| e.1.clone())
+    }
+
+    pub fn remember_hash(&self, st: &nix::sys::stat::FileStat, hex: &str) {
+        let mut c = self.hash_cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.insert((st.st_dev, st.st_ino), (CacheKey::of(st), hex.to_owned()));
+    }
+
+    /// Keep the current bytes of the open regular file `fd` (with stat `st`) before they are
+    /// changed: returns the object holding them. Nothing is read or copied when the file is
+    /// unchanged since it was last kept.
+    pub fn preimage(&self, fd: BorrowedFd<'_>, st: &nix::sys::stat::FileStat) -> Result<String> {
+        if let Some(h) = self.cached_hash(st) {
+            if self.has_object(&h) {
+                return Ok(h);
+            }
+        }
+        let h = self.put_object(fd)?;
+        // Remember the hash only if the file did not change while we copied it.
+        if let Ok(after) = nix::sys::stat::fstat(fd) {
+            if CacheKey::of(&after) == CacheKey::of(st) {
+                self.remember_hash(st, &h);
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// What must be unchanged for a cached hash to still describe a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheKey {
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl CacheKey {
+    pub fn of(st: &nix::sys::stat::FileStat) -> CacheKey {
+        CacheKey {
+            size: st.st_size,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        }
     }
 }
 
@@ -659,6 +734,12 @@ mod tests {
         let h1 = s.put_object(f.as_fd()).unwrap();
         let h2 = s.put_object(f.as_fd()).unwrap();
         assert_eq!(h1, h2);
+        // The staging copy of the duplicate was dropped.
+        assert_eq!(std::fs::read_dir(t.path().join(".saferoot/tmp")).unwrap().count(), 0);
+        // A pre-image of an unchanged file is found through the hash cache.
+        let st = nix::sys::stat::fstat(f.as_fd()).unwrap();
+        assert_eq!(s.preimage(f.as_fd(), &st).unwrap(), h1);
+        assert_eq!(s.cached_hash(&st).as_deref(), Some(h1.as_str()));
         assert_eq!(h1, blake3::hash(b"content").to_hex().to_string());
         let p = t.path().join(".saferoot").join(object_rel(&h1));
         assert_eq!(std::fs::read(p).unwrap(), b"content");

@@ -1,0 +1,140 @@
+//! Recovery after a crash: journal the trash items the journal does not know.
+//!
+//! The daemon moves a file into the trash first and journals it second. If it dies in between
+//! (`kill -9`, power loss), the bytes are safe in the trash but no record says so, and restore
+//! would not know to bring them back. [`recover`] walks the trash and appends one `unlink`
+//! record for every item no record refers to, reconstructed from the trash layout itself:
+//! the bucket name gives the second it was deleted in, the path inside the bucket gives its
+//! original path. The record is dated at the end of that second (so a restore to any instant
+//! before the deletion brings it back) and says it was recovered.
+//!
+//! What this module does not do: guess which operation it was (a lost rename-over is recovered
+//! as the unlink of the replaced file), or touch the trash.
+
+use crate::journal::{self, Kind, Op, Record};
+use crate::store::TRASH_DIR;
+use crate::{Result, Store};
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The instant a trash bucket name stands for: the last nanosecond of its second.
+pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
+    let stamp = match bucket.rsplit_once('.') {
+        Some((s, n)) if n.bytes().all(|c| c.is_ascii_digit()) && !n.is_empty() => s,
+        _ => bucket,
+    };
+    let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%SZ").ok()?;
+    Some(t.and_utc().timestamp() * 1_000_000_000 + 999_999_999)
+}
+
+/// Append records for unjournaled trash items; returns how many.
+pub fn recover(store: &Store) -> Result<usize> {
+    let (records, _) = journal::read(store.dir(), store.dir_path())?;
+    let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
+    let is_known = |rel: &Path| rel.ancestors().any(|a| known.contains(a));
+    let root = PathBuf::from(format!(
+        "/proc/self/fd/{}/{}",
+        store.dir().as_raw_fd(),
+        TRASH_DIR
+    ));
+    let mut found = Vec::new();
+    for ent in walkdir::WalkDir::new(&root)
+        .min_depth(2)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let Ok(ent) = ent else { continue };
+        if ent.file_type().is_dir() {
+            continue;
+        }
+        let Ok(sub) = ent.path().strip_prefix(&root) else {
+            continue;
+        };
+        let trash_rel = Path::new(TRASH_DIR).join(sub);
+        if is_known(&trash_rel) {
+            continue;
+        }
+        let mut comps = sub.components();
+        let Some(bucket) = comps.next().and_then(|c| c.as_os_str().to_str()) else {
+            continue;
+        };
+        let Some(t) = bucket_end_ns(bucket) else {
+            continue;
+        };
+        let rel: PathBuf = comps.as_path().to_owned();
+        let Ok(md) = ent.path().symlink_metadata() else {
+            continue;
+        };
+        use std::os::unix::fs::MetadataExt;
+        found.push(Record {
+            kind: Kind::from_mode(md.mode()),
+            mode: Some(md.mode()),
+            ino: Some(md.ino()),
+            size: Some(md.size()),
+            trash: Some(trash_rel),
+            note: Some(
+                "recovered: found in the trash with no journal record (the daemon stopped \
+                 before writing it)"
+                    .into(),
+            ),
+            ..Record::new(t, Op::Unlink, rel, 0, "saferoot")
+        });
+    }
+    for r in &found {
+        store.journal().append(r)?;
+    }
+    if !found.is_empty() {
+        store.journal().sync()?;
+    }
+    Ok(found.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::os::fd::{AsFd, OwnedFd};
+
+    #[test]
+    fn bucket_names() {
+        assert_eq!(bucket_end_ns("1970-01-01T00:00:01Z"), Some(1_999_999_999));
+        assert_eq!(bucket_end_ns("1970-01-01T00:00:01Z.3"), Some(1_999_999_999));
+        assert_eq!(bucket_end_ns("junk"), None);
+    }
+
+    #[test]
+    fn unjournaled_trash_items_get_records_once() {
+        let t = tempfile::tempdir().unwrap();
+        let root: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let store = Store::open_or_create(root.as_fd(), t.path()).unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::fs::write(t.path().join("d/lost"), b"lost").unwrap();
+        std::fs::write(t.path().join("known"), b"known").unwrap();
+        let d: OwnedFd = std::fs::File::open(t.path().join("d")).unwrap().into();
+        let when = 1_700_000_000_500_000_000;
+        // "known" is journaled as the daemon would; "d/lost" is not (a crash in between).
+        let kt = store
+            .divert_to_trash(root.as_fd(), OsStr::new("known"), Path::new("known"), when)
+            .unwrap();
+        store
+            .journal()
+            .append(&Record {
+                trash: Some(kt),
+                ..Record::new(when, Op::Unlink, "known", 1, "rm")
+            })
+            .unwrap();
+        store
+            .divert_to_trash(d.as_fd(), OsStr::new("lost"), Path::new("d/lost"), when)
+            .unwrap();
+        assert_eq!(recover(&store).unwrap(), 1);
+        assert_eq!(recover(&store).unwrap(), 0, "recovery is idempotent");
+        let (recs, _) = journal::read(store.dir(), store.dir_path()).unwrap();
+        let r = recs.last().unwrap();
+        assert_eq!(r.op, Op::Unlink);
+        assert_eq!(r.path, Path::new("d/lost"));
+        assert_eq!(r.t, 1_700_000_000_999_999_999);
+        assert_eq!(r.kind, Some(Kind::File));
+        assert!(r.note.as_deref().unwrap().starts_with("recovered"));
+    }
+}
