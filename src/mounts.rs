@@ -7,8 +7,11 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-/// The filesystem type saferoot's mounts show in mountinfo.
-pub const FSTYPE: &str = "fuse.saferoot";
+/// The filesystem type saferoot's mounts show in mountinfo: `fuse` when mounted with
+/// mount(2) directly (as root), `fuse.saferoot` when mounted through fusermount3.
+pub const FSTYPES: &[&str] = &["fuse", "fuse.saferoot"];
+/// The source ("device") saferoot's mounts show in mountinfo.
+pub const SOURCE: &str = "saferoot";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
@@ -69,7 +72,7 @@ pub fn mount_at(path: &Path) -> Option<MountEntry> {
 
 /// Is a saferoot filesystem mounted at `path` (alive or not)?
 pub fn saferoot_mounted(path: &Path) -> bool {
-    mount_at(path).is_some_and(|m| m.fstype == FSTYPE)
+    mount_at(path).is_some_and(|m| FSTYPES.contains(&m.fstype.as_str()) && m.source == SOURCE)
 }
 
 #[cfg(test)]
@@ -83,7 +86,8 @@ mod tests {
         let m = parse(t);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].mount_point, Path::new("/mnt/my dir"));
-        assert_eq!(m[0].fstype, FSTYPE);
+        assert_eq!(m[0].fstype, "fuse.saferoot");
+        assert_eq!(m[0].source, SOURCE);
         assert_eq!(m[1].source, "/dev/sda1");
     }
 }

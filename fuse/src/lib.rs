@@ -686,12 +686,163 @@ impl Shared {
         }
     }
 
+    /// Records saying that the entry `name` of `dir` (project-relative `rel`, stat `st`) left
+    /// the versioned tree, with its bytes kept first: one `unlink` for a file (its content
+    /// as an object), symlink (its target) or node; for a directory, one per entry of its
+    /// subtree, contents before their directory, each directory as an `rmdir`.
+    fn leave_records(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        st: &FileStat,
+        t: i64,
+    ) -> Result<Vec<Record>, Errno> {
+        let one = |fd_dir: BorrowedFd<'_>, n: &OsStr, r: &Path, st: &FileStat| {
+            let fmt = st.st_mode & libc::S_IFMT;
+            let mut rec = Record {
+                kind: Kind::from_mode(st.st_mode),
+                mode: Some(st.st_mode),
+                ino: Some(st.st_ino),
+                size: Some(st.st_size as u64),
+                ..Record::new(t, Op::Unlink, r, 0, "")
+            };
+            match fmt {
+                libc::S_IFDIR => rec.op = Op::Rmdir,
+                libc::S_IFREG => {
+                    let fd = nix::fcntl::openat(
+                        fd_dir,
+                        n,
+                        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(errno)?;
+                    rec.object = Some(
+                        self.store
+                            .preimage(fd.as_fd(), st)
+                            .map_err(|e| store_errno(&e))?,
+                    );
+                }
+                libc::S_IFLNK => {
+                    rec.target = Some(PathBuf::from(
+                        nix::fcntl::readlinkat(fd_dir, n).map_err(errno)?,
+                    ))
+                }
+                _ => {}
+            }
+            Ok::<_, Errno>(rec)
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(vec![one(dir, name, rel, st)?]);
+        }
+        let top = nix::fcntl::openat(
+            dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let walk_root = PathBuf::from(format!("/proc/self/fd/{}", top.as_raw_fd()));
+        let mut out = Vec::new();
+        for e in walkdir::WalkDir::new(&walk_root)
+            .min_depth(1)
+            .contents_first(true)
+            .follow_links(false)
+        {
+            let e = e.map_err(|e| {
+                errno(NixErrno::from_raw(
+                    e.io_error()
+                        .and_then(|io| io.raw_os_error())
+                        .unwrap_or(libc::EIO),
+                ))
+            })?;
+            let sub = e.path().strip_prefix(&walk_root).map_err(|_| Errno::EIO)?;
+            let parent = e.path().parent().ok_or(Errno::EIO)?;
+            let pfd = nix::fcntl::open(
+                parent,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)?;
+            let est =
+                nix::sys::stat::fstatat(pfd.as_fd(), e.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(errno)?;
+            out.push(one(pfd.as_fd(), e.file_name(), &rel.join(sub), &est)?);
+        }
+        out.push(one(dir, name, rel, st)?);
+        Ok(out)
+    }
+
+    /// Records saying that the entry now at `name` of `dir` (project-relative `rel`) appeared
+    /// in the versioned tree: a creation per entry, directories before their contents.
+    fn arrive_records(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        base: &Record,
+    ) -> Vec<Record> {
+        let one = |fd_dir: BorrowedFd<'_>, n: &OsStr, r: &Path| -> Option<Record> {
+            let st = nix::sys::stat::fstatat(fd_dir, n, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+            let (op, target) = match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => (Op::Mkdir, None),
+                libc::S_IFREG => (Op::Create, None),
+                libc::S_IFLNK => (
+                    Op::Symlink,
+                    nix::fcntl::readlinkat(fd_dir, n).ok().map(PathBuf::from),
+                ),
+                _ => (Op::Mknod, None),
+            };
+            Some(Record {
+                op,
+                path: r.to_owned(),
+                to: None,
+                target,
+                kind: Kind::from_mode(st.st_mode),
+                mode: Some(st.st_mode),
+                ino: Some(st.st_ino),
+                ..base.clone()
+            })
+        };
+        let mut out: Vec<Record> = one(dir, name, rel).into_iter().collect();
+        if out.first().is_some_and(|r| r.op == Op::Mkdir) {
+            if let Ok(top) = nix::fcntl::openat(
+                dir,
+                name,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                let walk_root = PathBuf::from(format!("/proc/self/fd/{}", top.as_raw_fd()));
+                for e in walkdir::WalkDir::new(&walk_root)
+                    .min_depth(1)
+                    .follow_links(false)
+                    .into_iter()
+                    .filter_map(Result::ok)
+                {
+                    let (Ok(sub), Some(parent)) =
+                        (e.path().strip_prefix(&walk_root), e.path().parent())
+                    else {
+                        continue;
+                    };
+                    let Ok(pfd) = nix::fcntl::open(
+                        parent,
+                        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    ) else {
+                        continue;
+                    };
+                    out.extend(one(pfd.as_fd(), e.file_name(), &rel.join(sub)));
+                }
+            }
+        }
+        out
+    }
+
     /// A rename with a scratch tree on at least one side. Inside scratch nothing is kept.
-    /// Out of the versioned tree into scratch, the entry disappears from the versioned tree:
-    /// its bytes are kept first, as for an unlink. Into the versioned tree from scratch, it
-    /// appears: journaled as a creation (and what it replaces is kept as usual). Directories
-    /// and exchanges across the boundary get EXDEV, so `mv` copies and unlinks instead (which
-    /// the rules above then cover file by file).
+    /// Out of the versioned tree into scratch, the entry (a whole subtree for a directory)
+    /// disappears from the versioned tree: its bytes are kept first, as for unlinks. Into the
+    /// versioned tree from scratch, it appears: journaled as creations (and what it replaces
+    /// is kept as for any rename-over). An exchange across the boundary gets EXDEV.
     #[allow(clippy::too_many_arguments)]
     fn rename_scratch(
         &self,
@@ -721,105 +872,85 @@ impl Shared {
             self.note_rename(src, newparent, newname);
             return Ok(());
         }
-        let fmt = src.st_mode & libc::S_IFMT;
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || fmt == libc::S_IFDIR {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             return Err(Errno::EXDEV);
         }
         let t = base.t;
         if to_scratch {
-            // Leaving the versioned tree: keep its bytes as an unlink would.
-            let mut rec = Record {
-                op: Op::Unlink,
-                to: None,
-                note: Some(format!("moved into scratch {}", to_rel.display())),
-                ..base
-            };
-            if fmt == libc::S_IFREG {
-                let fd = nix::fcntl::openat(
-                    from_dir,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(errno)?;
-                rec.object = Some(
-                    self.store
-                        .preimage(fd.as_fd(), src)
-                        .map_err(|e| store_errno(&e))?,
-                );
-            } else if fmt == libc::S_IFLNK {
-                rec.target = Some(PathBuf::from(
-                    nix::fcntl::readlinkat(from_dir, name).map_err(errno)?,
-                ));
-            }
+            // Leaving the versioned tree: keep its bytes as unlinks would.
+            let note = format!("moved into scratch {}", to_rel.display());
+            let recs = self.leave_records(from_dir, name, from_rel, src, t)?;
             rename(plain)?;
             self.note_rename(src, newparent, newname);
-            self.journal(req, rec);
+            for r in recs {
+                self.journal(
+                    req,
+                    Record {
+                        note: Some(note.clone()),
+                        ..r
+                    },
+                );
+            }
             return Ok(());
         }
         // Entering the versioned tree from scratch.
+        let arrived = |s: &Shared| {
+            let b = Record {
+                note: Some(format!("moved out of scratch {}", from_rel.display())),
+                ..base.clone()
+            };
+            for r in s.arrive_records(to_dir, newname, to_rel, &b) {
+                s.journal(req, r);
+            }
+        };
         let dst = match nix::sys::stat::fstatat(to_dir, newname, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(d) => Some(d),
             Err(NixErrno::ENOENT) => None,
             Err(e) => return Err(errno(e)),
         };
-        let arrived = |s: &Shared| {
-            let (op, target) = match fmt {
-                libc::S_IFREG => (Op::Create, None),
-                libc::S_IFLNK => (
-                    Op::Symlink,
-                    nix::fcntl::readlinkat(to_dir, newname)
-                        .ok()
-                        .map(PathBuf::from),
-                ),
-                _ => (Op::Mknod, None),
-            };
-            s.journal(
-                req,
-                Record {
-                    op,
-                    path: to_rel.to_owned(),
-                    to: None,
-                    target,
-                    note: Some(format!("moved out of scratch {}", from_rel.display())),
-                    ..base.clone()
-                },
-            );
+        let Some(d) = dst else {
+            rename(plain)?;
+            self.note_rename(src, newparent, newname);
+            arrived(self);
+            return Ok(());
         };
-        match dst {
-            None => {
-                rename(plain)?;
+        if d.st_ino == src.st_ino && d.st_dev == src.st_dev {
+            return Ok(());
+        }
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            return Err(Errno::EEXIST);
+        }
+        let src_dir = src.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let dst_dir = d.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if src_dir && !dst_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if !src_dir && dst_dir {
+            return Err(Errno::EISDIR);
+        }
+        if dst_dir && !self.dir_is_empty(to_dir, newname)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        // Swap, then keep the replaced entry (now at the old name, in scratch) as for any
+        // rename-over, and drop it from scratch.
+        rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE)?;
+        match self.keep(from_dir, name, to_rel, &d, t) {
+            Ok(kept) => {
+                if kept.trash.is_none() {
+                    let _ = nix::unistd::unlinkat(
+                        from_dir,
+                        name,
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
                 self.note_rename(src, newparent, newname);
+                self.journal(req, kept);
                 arrived(self);
                 Ok(())
             }
-            Some(d) if flags.contains(RenameFlags::RENAME_NOREPLACE) => {
-                let _ = d;
-                Err(Errno::EEXIST)
-            }
-            Some(d) if d.st_mode & libc::S_IFMT == libc::S_IFDIR => Err(Errno::EISDIR),
-            Some(d) => {
-                // Swap, keep the replaced entry (now at the old name) like any rename-over.
-                rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE)?;
-                match self.keep(from_dir, name, to_rel, &d, t) {
-                    Ok(kept) => {
-                        if kept.trash.is_none() {
-                            let _ = nix::unistd::unlinkat(
-                                from_dir,
-                                name,
-                                nix::unistd::UnlinkatFlags::NoRemoveDir,
-                            );
-                        }
-                        self.note_rename(src, newparent, newname);
-                        self.journal(req, kept);
-                        arrived(self);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        let _ = rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE);
-                        Err(e)
-                    }
-                }
+            Err(e) => {
+                let _ = rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE);
+                Err(e)
             }
         }
     }

@@ -165,7 +165,9 @@ pub fn is_mounted(path: &Path) -> bool {
     let p = path.to_str().unwrap_or_default();
     text.lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 4 && f[4] == p && l.contains(" - fuse.saferoot ")
+        f.len() > 4
+            && f[4] == p
+            && (l.contains(" - fuse saferoot ") || l.contains(" - fuse.saferoot saferoot "))
     })
 }
 

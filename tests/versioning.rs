@@ -1,0 +1,224 @@
+//! Continuous versioning on real mounts: overwrites keep their pre-images, scratch trees stay
+//! out of the store, and a daemon killed in the middle of `rm -rf` loses nothing.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("git");
+    assert_ok(&o);
+}
+
+/// A small git repository: tracked files (one with an uncommitted edit), an untracked file,
+/// and a git-ignored `.env`.
+fn repo() -> Project {
+    let p = Project::empty();
+    let d = p.dir();
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(d.join("src/lib.rs"), b"pub fn a() {}\n").unwrap();
+    std::fs::write(d.join("README"), b"alpha beta\n").unwrap();
+    std::fs::write(d.join(".gitignore"), b".env\n").unwrap();
+    git(d, &["init", "-q", "."]);
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "init"]);
+    // Work git never saw: an edit to a tracked file, a new file, a secret.
+    std::fs::write(d.join("src/lib.rs"), b"pub fn a() { /* unsaved idea */ }\n").unwrap();
+    std::fs::write(d.join("src/new.rs"), b"pub fn new_module() {}\n").unwrap();
+    std::fs::write(d.join(".env"), b"TOKEN=secret\n").unwrap();
+    p
+}
+
+/// Issue 3, test 2: each destructive command, run by an agent through `saferoot run`, is
+/// undone exactly by `restore` to the instant before it.
+#[test]
+fn overwrites_and_git_resets_are_undone_exactly() {
+    if !fuse_available() {
+        return;
+    }
+    let scenarios = [
+        "echo new > README",
+        "sed -i s/alpha/omega/ README",
+        "truncate -s 0 README",
+        "printf XY | dd of=README bs=1 seek=2 conv=notrunc 2>/dev/null",
+        "echo more >> src/lib.rs",
+        "git checkout -- .",
+        "git clean -fdx",
+        "git reset --hard -q",
+        "git stash -u -q && git stash drop -q",
+        "python3 -c \"open('README','r+').write('ZZ')\"",
+    ];
+    for script in scenarios {
+        let p = repo();
+        p.mount();
+        let before = digest(p.dir());
+        tick();
+        let t0 = now_rfc3339();
+        tick();
+        let o = p.run(&["run", "--", "sh", "-c", script]);
+        assert_ok(&o);
+        assert_ne!(digest(p.dir()), before, "`{script}` should change the tree");
+        let o = p.run(&["restore", &t0]);
+        assert_ok(&o);
+        assert_same_tree(&before, &digest(p.dir()));
+        p.umount();
+        assert_same_tree(&before, &digest(p.dir()));
+    }
+}
+
+fn du(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Issue 3, test 3: a `cargo build` inside the mount does not fill the store (target/ is
+/// scratch), while deleting a git-ignored `.env` is recoverable.
+#[test]
+fn cargo_build_stays_out_of_the_store_and_env_files_are_protected() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir();
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(
+        d.join("Cargo.toml"),
+        b"[package]\nname = \"fixture\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("src/main.rs"), b"fn main() { println!(\"hi\"); }\n").unwrap();
+    std::fs::write(d.join(".env"), b"TOKEN=secret\n").unwrap();
+    std::fs::write(d.join(".gitignore"), b"/target\n.env\n").unwrap();
+    p.mount();
+    let store_before = du(&d.join(".saferoot"));
+    p.umount();
+    p.mount();
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    // Cargo's own home must be writable: give it one in the run's private TMPDIR.
+    let o = p.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "CARGO_HOME=$TMPDIR/cargo-home cargo build --offline -q && ./target/debug/fixture \
+         && cargo clean -q 2>/dev/null; CARGO_HOME=$TMPDIR/cargo-home cargo build --offline -q \
+         && rm .env",
+    ]);
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "hi\n");
+    p.umount();
+    let target = du(&d.join("target"));
+    let store_after = du(&d.join(".saferoot"));
+    assert!(
+        target > 100_000,
+        "the build produced {target} bytes in target/"
+    );
+    let growth = store_after.saturating_sub(store_before);
+    assert!(
+        growth < target / 20,
+        "store grew by {growth} bytes for a build of {target} bytes"
+    );
+    assert!(!d.join(".env").exists());
+    let o = p.run(&["restore", &t0, ".env"]);
+    assert_ok(&o);
+    assert_eq!(std::fs::read(d.join(".env")).unwrap(), b"TOKEN=secret\n");
+    assert!(
+        d.join("target/debug/fixture").exists(),
+        "restore leaves scratch trees alone"
+    );
+}
+
+fn daemon_pid(p: &Project) -> i32 {
+    let o = p.run(&["status"]);
+    assert_ok(&o);
+    let s = stdout(&o);
+    let i = s.find("daemon pid ").expect("status names the daemon pid") + "daemon pid ".len();
+    s[i..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Issue 3, test 4: `kill -9` of the daemon in the middle of `rm -rf` of 10,000 files; the
+/// next `umount` recovers the directory and `restore` to before the rm returns every file.
+#[test]
+fn kill_9_during_rm_rf_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir().to_owned();
+    for i in 0..100 {
+        let sub = d.join(format!("t/d{i:03}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for j in 0..100 {
+            std::fs::write(sub.join(format!("f{j:03}")), format!("{i}/{j}\n")).unwrap();
+        }
+    }
+    let before = digest(&d);
+    assert_eq!(before.values().filter(|e| e.kind == 'f').count(), 10_000);
+    p.mount();
+    let pid = daemon_pid(&p);
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    let mut rm = Command::new("rm")
+        .args(["-rf", "t"])
+        .current_dir(&d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the daemon once a good part of the tree is gone, but not all of it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gone = std::fs::read_dir(d.join("t"))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        if gone < 80 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = rm.wait().unwrap();
+    assert!(!status.success(), "rm should fail once the daemon is gone");
+    // The mount is dead: umount cleans it up and journals what the daemon left unrecorded.
+    let o = p.run(&["umount"]);
+    assert_ok(&o);
+    assert!(!is_mounted(&d));
+    let remaining = walkdir::WalkDir::new(d.join("t"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count();
+    assert!(remaining < 10_000, "the rm got somewhere before the kill");
+    let o = p.run(&["restore", &t0]);
+    assert_ok(&o);
+    assert_same_tree(&before, &digest(&d));
+    // And the directory mounts again.
+    p.mount();
+    p.umount();
+}
