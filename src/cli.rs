@@ -13,9 +13,12 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TIME_HELP: &str = "TIME is one of: an RFC 3339 instant (2026-12-03T12:34:56.123456789Z, \
+pub(crate) const TIME_HELP: &str =
+    "TIME is one of: an RFC 3339 instant (2026-12-03T12:34:56.123456789Z, \
 or with an offset such as +01:00); a local date and time (2026-12-03 10:42[:05]); a local time \
-today (10:42 or 10:42:05); or a duration ago: 90s, 10m, 2h, 3d, 1h30m (m is minutes).";
+today (10:42 or 10:42:05); a duration ago: 90s, 10m, 2h, 3d, 1h30m (m is minutes); @N, the \
+instant snapshot N was taken (`saferoot snapshots` lists them); or @start, the moment the current \
+or last `saferoot run` session started (`saferoot restore @start` undoes everything it did).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,18 +73,30 @@ it for the run and unmounts it afterwards."
         )]
         cmd: Vec<OsString>,
     },
-    /// Show the journal of changes, oldest first
+    /// Show the journal of changes, oldest first (all of it, or the history of some paths)
+    #[command(after_help = TIME_HELP)]
     Log {
         /// One JSON object per line, times to the nanosecond
         #[arg(long)]
         json: bool,
+        /// Only changes at or after TIME (see below)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only changes to these paths or below them, including renames to or from them
+        /// (relative to the current directory, or absolute, inside DIR)
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
     },
     /// Bring DIR (or the given paths) back to how it was at TIME
     #[command(after_help = TIME_HELP)]
     Restore {
         /// List what would change (+ added, - removed, M content, m mode, T type) and change nothing
-        #[arg(long, short = 'n')]
+        #[arg(long, short = 'n', conflicts_with = "to")]
         dry_run: bool,
+        /// Write the tree of TIME (or just the PATHs, with their parent directories) into DEST
+        /// instead, leaving DIR untouched; DEST must be new or empty, and outside DIR
+        #[arg(long, value_name = "DEST")]
+        to: Option<PathBuf>,
         /// The instant to go back to (see below)
         #[arg(value_name = "TIME", allow_hyphen_values = false)]
         time: String,
@@ -89,8 +104,41 @@ it for the run and unmounts it afterwards."
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// List what changed between T1 and T2 (default: now), one path a line
+    #[command(after_help = crate::history_cmd::diff_help())]
+    Diff {
+        /// One JSON object per line: {"mark":"+","path":"..."}
+        #[arg(long)]
+        json: bool,
+        /// From this instant
+        #[arg(value_name = "T1")]
+        t1: String,
+        /// To this instant [default: now]
+        #[arg(value_name = "T2")]
+        t2: Option<String>,
+        /// Only these paths and what is below them (after `--`)
+        #[arg(value_name = "PATH", last = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Bring back the most recently deleted version of each PATH (a directory with all it held)
+    #[command(after_help = crate::history_cmd::UNDELETE_HELP)]
+    Undelete {
+        /// Paths as they were before deletion (relative to the current directory, or absolute,
+        /// inside DIR)
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Say whether DIR is mounted and how much history its store holds
     Status,
+    /// Record the whole tree now (path, type, mode, size, mtime, blake3) as snapshot N (`@N`)
+    #[command(
+        after_help = "Snapshots are also taken at every mount and unmount. Unchanged files are \
+not read again (a cache keyed by inode, size, mtime and ctime), so a snapshot of an unchanged \
+tree costs about a `stat` of every entry."
+    )]
+    Snapshot,
+    /// List the snapshots: number (`@N`), time, why it was taken, entries and bytes
+    Snapshots,
     /// (internal) the mount daemon
     #[command(name = "__daemon", hide = true)]
     Daemon { dir: PathBuf },
@@ -131,21 +179,52 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let dir = resolve_dir(cli.dir.as_deref())?;
             crate::run::run(&dir, &cmd, no_sandbox)
         }
-        Cmd::Log { json } => {
+        Cmd::Log { json, since, paths } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
-            log(&dir, json).map(|()| 0)
+            log(&dir, json, since.as_deref(), &paths).map(|()| 0)
+        }
+        Cmd::Restore {
+            to: Some(dest),
+            time,
+            paths,
+            ..
+        } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::history_cmd::restore_to(&dir, &dest, &time, &paths)
         }
         Cmd::Restore {
             dry_run,
+            to: None,
             time,
             paths,
         } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
             restore_cmd(&dir, dry_run, &time, &paths)
         }
+        Cmd::Diff {
+            json,
+            t1,
+            t2,
+            paths,
+        } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::history_cmd::diff(&dir, json, &t1, t2.as_deref(), &paths)
+        }
+        Cmd::Undelete { paths } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::history_cmd::undelete(&dir, &paths)
+        }
         Cmd::Status => {
             let dir = resolve_dir(cli.dir.as_deref())?;
             status(&dir)
+        }
+        Cmd::Snapshot => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::snapshot_cmd::snapshot(&dir)
+        }
+        Cmd::Snapshots => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::snapshot_cmd::snapshots(&dir)
         }
         Cmd::Daemon { .. } => unreachable!("handled in main"),
     }
@@ -154,32 +233,35 @@ fn dispatch(cli: Cli) -> Result<i32> {
 /// The project directory, absolute and canonical, or a one-line error.
 pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf> {
     let given = dir.unwrap_or(Path::new("."));
-    match std::fs::canonicalize(given) {
-        Ok(p) if p.is_dir() => Ok(p),
-        Ok(_) => bail!("{} is not a directory", given.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+    let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    let dead_msg = || {
+        anyhow!(
             "{} is a saferoot mount whose daemon is gone; run `saferoot -C {} umount` to clean it up",
             given.display(),
             given.display()
-        ),
+        )
+    };
+    let p = match std::fs::canonicalize(given) {
+        Ok(p) => p,
+        Err(e) if dead(&e) => return Err(dead_msg()),
+        Err(e) => bail!("{}: {}", given.display(), strip_os_error(&e)),
+    };
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_dir() => Ok(p),
+        Ok(_) => bail!("{} is not a directory", given.display()),
+        Err(e) if dead(&e) => Err(dead_msg()),
         Err(e) => bail!("{}: {}", given.display(), strip_os_error(&e)),
     }
 }
 
-/// Like [`resolve_dir`], but accepts a dead mount (whose path cannot be canonicalized).
+/// Like [`resolve_dir`], but accepts a dead mount (whose root cannot even be stat'ed).
 fn resolve_dir_for_umount(dir: Option<&Path>) -> Result<PathBuf> {
-    match resolve_dir(dir) {
-        Ok(p) => Ok(p),
-        Err(e) => {
-            let given = dir.unwrap_or(Path::new("."));
-            let abs = std::path::absolute(given).map(|p| normalize(&p))?;
-            if mounts::saferoot_mounted(&abs) {
-                Ok(abs)
-            } else {
-                Err(e)
-            }
-        }
+    let given = dir.unwrap_or(Path::new("."));
+    let abs = std::path::absolute(given).map(|p| normalize(&p))?;
+    if mounts::saferoot_mounted(&abs) {
+        return Ok(abs);
     }
+    resolve_dir(dir)
 }
 
 /// "No such file or directory (os error 2)" → "No such file or directory".
@@ -354,10 +436,31 @@ fn mode_str(m: Option<u32>) -> String {
     m.map(|m| format!("{:o}", m & 0o7777)).unwrap_or_default()
 }
 
-fn log(dir: &Path, json: bool) -> Result<()> {
+fn log(dir: &Path, json: bool, since: Option<&str>, paths: &[PathBuf]) -> Result<()> {
+    let since = match since {
+        Some(s) => Some(crate::snapshot_cmd::resolve_time(dir, s, saferoot_snapshots::now_ns())?.0),
+        None => None,
+    };
+    let scopes = project_relative(dir, paths)?;
     let (store, _) = open_store(dir)?;
     let (mut recs, report) = journal::read(store.dir(), store.dir_path())?;
     recs.sort_by_key(|r| r.t);
+    // The history of a path: what happened to it or below it, under either of a record's names.
+    let about = |r: &journal::Record| {
+        scopes.is_empty()
+            || scopes
+                .iter()
+                .any(|s| r.path.starts_with(s) || r.to.as_ref().is_some_and(|to| to.starts_with(s)))
+    };
+    recs.retain(|r| since.is_none_or(|t| r.t >= t) && about(r));
+    let config = saferoot_snapshots::config::Config::load(&store)?;
+    let is_file = |s: &Path| dir.join(s).symlink_metadata().is_ok_and(|m| !m.is_dir());
+    for s in scopes.iter().filter(|s| config.is_scratch(s, !is_file(s))) {
+        eprintln!(
+            "saferoot: note: {} is in a scratch tree (not versioned): changes there are not journaled",
+            s.display()
+        );
+    }
     let out = std::io::stdout();
     let mut out = out.lock();
     for r in &recs {
@@ -436,7 +539,7 @@ fn log(dir: &Path, json: bool) -> Result<()> {
 }
 
 /// Turn PATH arguments into project-relative paths.
-fn project_relative(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn project_relative(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let cwd = std::env::current_dir().ok().map(|c| normalize(&c));
     let mut out = Vec::new();
     for p in paths {
@@ -464,9 +567,12 @@ fn project_relative(dir: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Result<i32> {
     let now = saferoot_snapshots::now_ns();
-    let target = time::parse_time(when, now)?;
+    let (target, opened) = crate::snapshot_cmd::resolve_time(dir, when, now)?;
     let rel = project_relative(dir, paths)?;
-    let (store, mounted) = open_store(dir)?;
+    let (store, mounted) = match opened {
+        Some(opened) => opened,
+        None => open_store(dir)?,
+    };
     let opts = restore::Options {
         target_t: target,
         paths: rel,

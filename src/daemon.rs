@@ -126,6 +126,10 @@ pub fn main(dir: &Path) -> i32 {
     }
     let result = session.run();
     let store = running.shared.store().clone();
+    // The mount is gone: nothing changes the tree any more.
+    if let Err(e) = saferoot_snapshots::manifest::take(&store, "umount") {
+        log::warn!("snapshot at unmount: {e}");
+    }
     record(&store, Op::Umount);
     let _ = store.journal().sync();
     match result {
@@ -188,6 +192,11 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     }
     if let Err(e) = index::reindex(&store) {
         log::warn!("re-indexing the trash: {e}");
+    }
+    // Before the mount, while nothing can change the tree through it; it precedes the `mount`
+    // record. A failure costs only this restore point: mount anyway.
+    if let Err(e) = saferoot_snapshots::manifest::take(&store, "mount") {
+        log::warn!("snapshot at mount: {e}");
     }
     let config = saferoot_snapshots::config::Config::load(&store)
         .with_context(|| format!("read {}", store.dir_path().join("config.toml").display()))?;

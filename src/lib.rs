@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod history_cmd;
 pub mod mounts;
 pub mod run;
 pub mod sandbox;
+pub mod snapshot_cmd;

@@ -101,6 +101,26 @@ pub fn run(dir: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
     result
 }
 
+/// Journal the start of this session (`@start`) through the daemon's store.
+fn record_run_start(dir: &Path, cmd: &[OsString]) -> Result<()> {
+    let (store, _) = cli::open_store(dir)?;
+    let line: Vec<_> = cmd.iter().map(|a| a.to_string_lossy()).collect();
+    let rec = saferoot_snapshots::Record {
+        note: Some(line.join(" ")),
+        ..saferoot_snapshots::Record::new(
+            saferoot_snapshots::now_ns(),
+            saferoot_snapshots::Op::Run,
+            ".",
+            std::process::id(),
+            "saferoot",
+        )
+    };
+    store
+        .journal()
+        .append(&rec)
+        .context("record the start of the session in the journal")
+}
+
 fn run_mounted(dir: &Path, exe: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
     let tmpdir = sandbox::private_tmpdir(dir)?;
     let prepared = if no_sandbox {
@@ -123,6 +143,10 @@ fn run_mounted(dir: &Path, exe: &Path, cmd: &[OsString], no_sandbox: bool) -> Re
         Some(Arc::new(p))
     };
 
+    if let Err(e) = record_run_start(dir, cmd) {
+        let _ = std::fs::remove_dir_all(&tmpdir);
+        return Err(e);
+    }
     let mut command = Command::new(exe);
     command
         .arg0(&cmd[0])

@@ -6,8 +6,10 @@
 //! This crate knows nothing about FUSE, Landlock or the command line.
 
 pub mod config;
+mod hashcache;
 pub mod index;
 pub mod journal;
+pub mod manifest;
 pub mod recover;
 pub mod relpath;
 pub mod restore;

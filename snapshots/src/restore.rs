@@ -1,45 +1,56 @@
-//! Restore: put the project tree back the way it was at an instant T, and say what that changes.
+//! Restore: put the project tree back the way it was at an instant T, say what that changes,
+//! copy the tree of T somewhere else, compare two instants, and bring back deleted paths.
 //!
 //! How: read the tree as it is now (through the fd on the real project directory, never through
 //! the mount), then walk the journal backwards from now to T undoing each record on a *virtual*
 //! copy of that tree. Every entry of the virtual tree remembers where its bytes can be read from
-//! (the live tree, the trash, the object store) instead of holding them. The difference between
-//! the virtual tree (T) and the real one (now) is the list of changes; executing it displaces
-//! what must change into the trash, then puts back copies of what T had.
+//! (the live tree, the trash, the object store) instead of holding them. That one rollback
+//! ([`tree_at`]) serves every command here:
+//!
+//! - [`restore`]: the difference between the virtual tree (T) and the real one (now) is the list
+//!   of changes; executing it displaces what must change into the trash, then puts back copies
+//!   of what T had.
+//! - [`materialize`] (`restore --to DIR`): copies the virtual tree into another directory.
+//! - [`diff`]: compares the virtual trees of two instants (or one and now).
+//! - [`undelete`]: finds in the journal the change that removed a path and restores that path to
+//!   the instant just before it.
 //!
 //! Restore never deletes anything: what it replaces is moved to the trash and journaled like any
 //! other unlink, and what it puts back is journaled as ordinary creations. A later restore to an
-//! instant just before this one therefore undoes it.
+//! instant just before this one therefore undoes it. `materialize` and `diff` change nothing in
+//! the project and journal nothing.
 //!
-//! What this module does not do (yet): keep the content of files overwritten in place (`write`
-//! records carry no pre-image in this version, so such files are restored as they are now, with a
-//! warning), use snapshot manifests to shorten the replay, preserve hard links between restored
-//! files (each name gets its own copy), or restore the project directory's own mode.
+//! What this module does not do (yet): use snapshot manifests to shorten the replay, preserve
+//! hard links between restored files (each name gets its own copy), or restore the project
+//! directory's own mode. A file written in place without a kept pre-image (a journal from
+//! before pre-images existed) is restored as it is now, with a warning.
 
+use crate::config::{Config, CONFIG_FILE};
 use crate::journal::{self, Kind, Op, Record};
 use crate::store::{self, check_relative, object_rel, STORE_DIR};
 use crate::time::format_utc;
-use crate::{relpath, Error, Result, Store};
+use crate::{index, relpath, Error, Result, Store};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::ops::Bound;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
-/// How a path differs between now and the instant restored to.
+/// How a path differs between now and the instant restored to (or, for [`diff`], between the
+/// first instant and the second).
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Mark {
-    /// Existed at T, does not exist now: put back.
+    /// Existed at T, does not exist now: put back. (diff: exists at T2 only.)
     Added,
-    /// Exists now, did not exist at T: moved to the trash.
+    /// Exists now, did not exist at T: moved to the trash. (diff: exists at T1 only.)
     Removed,
     /// Same type, other bytes (or symlink target, or device number).
     Content,
@@ -101,61 +112,14 @@ pub fn restore(store: &Store, opts: &Options) -> Result<Report> {
 /// [`restore`], with the privilege level given: unprivileged, owners are left as they come and
 /// read-only directories are opened up (and closed again) around the changes made in them.
 fn restore_as(store: &Store, opts: &Options, privileged: bool) -> Result<Report> {
-    let scopes = scopes(&opts.paths)?;
-    let (mut records, read_report) = journal::read(store.dir(), store.dir_path())?;
-    records.sort_by_key(|r| r.t);
-    let first_t = match records.first() {
-        Some(r) => r.t,
-        None => {
-            return Err(Error::Invalid(
-                "no history yet: nothing has been recorded for this directory".into(),
-            ))
-        }
-    };
-    if opts.target_t < first_t {
-        return Err(Error::Invalid(format!(
-            "nothing is recorded before {} (the first mount), so the tree is not known at {}; \
-             try a later TIME",
-            format_utc(first_t),
-            format_utc(opts.target_t)
-        )));
-    }
-
+    let scopes = scopes(&opts.paths, "restore")?;
+    let past = Past::read(store)?;
+    past.check(opts.target_t)?;
     let current = live_tree(store)?;
-    let mut rb = Rollback {
-        store,
-        tree: current.clone(),
-        mismatches: 0,
-        skipped: 0,
-    };
-    for r in records.iter().rev().take_while(|r| r.t > opts.target_t) {
-        rb.undo(r)?;
-    }
-    let mut warnings = Vec::new();
-    if read_report.corrupt > 0 {
-        warnings.push(format!(
-            "{} damaged journal record(s) were skipped; the changes they described are not undone",
-            read_report.corrupt
-        ));
-    }
-    if rb.skipped > 0 {
-        warnings.push(format!(
-            "{} journal record(s) with unusable paths were skipped",
-            rb.skipped
-        ));
-    }
-    if rb.mismatches > 0 {
-        warnings.push(format!(
-            "{} journal record(s) did not match the tree (was it changed while not mounted?); \
-             the result may differ from the tree at {} there",
-            rb.mismatches,
-            format_utc(opts.target_t)
-        ));
-    }
-    let want = rb.tree;
+    let (want, mut warnings) = one_tree(store, &past, &current, opts.target_t)?;
 
     let mut fs = Fs::new(store);
-    let plan = diff(
+    let plan = plan(
         &mut fs,
         &current,
         &want,
@@ -197,13 +161,677 @@ fn restore_as(store: &Store, opts: &Options, privileged: bool) -> Result<Report>
     Ok(Report {
         changes,
         warnings,
-        first_t,
+        first_t: past.first_t,
     })
 }
 
-/// Validate the PATH arguments: plain relative paths outside the store; `.` or nothing means
-/// the whole tree.
-fn scopes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// The tree of the project as it was at one instant: the result of the rollback every command
+/// of this module starts from.
+#[derive(Debug, Clone)]
+pub struct TreeAt {
+    /// The instant (UTC ns).
+    pub t: i64,
+    /// Every entry at `t` under the paths asked for, parents before children. Entries whose
+    /// content was not kept are included with [`Source::Unknown`].
+    pub entries: BTreeMap<PathBuf, Entry>,
+    /// Where the tree may differ from the real one at `t`, one line each.
+    pub warnings: Vec<String>,
+    /// The first instant the journal knows (UTC ns).
+    pub first_t: i64,
+}
+
+/// The virtual tree at instant `t`, restricted to `paths` (project-relative, each with what is
+/// below it; empty = the whole tree). Reads the project and the store; changes nothing.
+pub fn tree_at(store: &Store, t: i64, paths: &[PathBuf]) -> Result<TreeAt> {
+    let scopes = scopes(paths, "show")?;
+    let past = Past::read(store)?;
+    past.check(t)?;
+    let live = live_tree(store)?;
+    let (tree, mut warnings) = one_tree(store, &past, &live, t)?;
+    let entries: Tree = tree
+        .into_iter()
+        .filter(|(p, _)| in_scope(p, &scopes))
+        .collect();
+    let at = format_utc(t);
+    let mut written = Vec::new();
+    for (p, e) in &entries {
+        if let Source::Unknown(why) = &e.src {
+            warnings.push(format!("{}: {why}", p.display()));
+        }
+        if e.written.is_some() {
+            written.push(p.display().to_string());
+        }
+    }
+    warnings.extend(written_warning(written, &at, "shown"));
+    Ok(TreeAt {
+        t,
+        entries,
+        warnings,
+        first_t: past.first_t,
+    })
+}
+
+/// Content hashes of tree entries, reusing what is already known: objects are named by their
+/// hash, trash items are listed in the index, and files hashed before (by the daemon for a
+/// pre-image, or earlier here) are in the store's hash cache; only the rest is read.
+pub struct Hasher<'a> {
+    fs: Fs<'a>,
+}
+
+impl<'a> Hasher<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        Hasher { fs: Fs::new(store) }
+    }
+
+    /// The blake3 (hex) of the content `e` (the entry at `path`) had; `None` for anything but
+    /// a regular file whose content is known.
+    pub fn blake3(&mut self, path: &Path, e: &Entry) -> Result<Option<String>> {
+        if e.kind != Kind::File || matches!(e.src, Source::Fresh | Source::Unknown(_)) {
+            return Ok(None);
+        }
+        Ok(Some(self.fs.hash(&e.src, path)?.to_hex().to_string()))
+    }
+}
+
+/// How the project changed from instant `t1` to instant `t2` (`None`: to now, the live tree),
+/// within `paths` (empty = everywhere). Marks as for a restore from `t1` to `t2`: `+` exists at
+/// `t2` only, `-` at `t1` only, `M` other content, `m` other mode only, `T` other type.
+/// Changes nothing and journals nothing. `t1` may be later than `t2`: the marks are reversed.
+pub fn diff(store: &Store, t1: i64, t2: Option<i64>, paths: &[PathBuf]) -> Result<Report> {
+    let scopes = scopes(paths, "diff")?;
+    let past = Past::read(store)?;
+    past.check(t1)?;
+    if let Some(t2) = t2 {
+        past.check(t2)?;
+    }
+    let live = live_tree(store)?;
+    let instants: Vec<i64> = std::iter::once(t1).chain(t2).collect();
+    let mut trees = trees_at(store, &past, &live, &instants)?.into_iter();
+    let (a, mut warnings) = trees.next().unwrap_or_default();
+    let b = match trees.next() {
+        Some((b, w)) => {
+            for w in w {
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+            b
+        }
+        None => live,
+    };
+    let at1 = format_utc(t1);
+    let at2 = t2.map(format_utc).unwrap_or_else(|| "now".into());
+    let mut fs = Fs::new(store);
+    let keys: BTreeSet<&PathBuf> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|p| in_scope(p, &scopes))
+        .collect();
+    let mut changes = Vec::new();
+    let mut written = Vec::new();
+    for p in keys {
+        let (ea, eb) = (a.get(p), b.get(p));
+        let unknown: Vec<&String> = [ea, eb]
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match &e.src {
+                Source::Unknown(why) => Some(why),
+                _ => None,
+            })
+            .collect();
+        if !unknown.is_empty() {
+            let both = ea.is_some() && eb.is_some();
+            for why in unknown {
+                let what = if both { "; not compared" } else { "" };
+                warnings.push(format!("{}: {why}{what}", p.display()));
+            }
+            if both {
+                continue;
+            }
+        }
+        // Content written in place after an instant, without a kept pre-image, is only known
+        // as it is now.
+        let t2_or_now = t2.unwrap_or(i64::MAX);
+        if ea.and_then(|e| e.written).is_some_and(|tw| tw <= t2_or_now)
+            || eb.is_some_and(|e| e.written.is_some())
+        {
+            written.push(p.display().to_string());
+        }
+        if let Some(mark) = compare(&mut fs, p, ea, eb)? {
+            changes.push(Change {
+                mark,
+                path: p.clone(),
+            });
+        }
+    }
+    warnings.extend(written_warning(written, &at1, "compared"));
+    let config = Config::load(store)?;
+    for s in &scopes {
+        let is_dir = [&a, &b]
+            .iter()
+            .find_map(|t| t.get(s))
+            .is_none_or(|e| e.kind == Kind::Dir);
+        if config.is_scratch(s, is_dir) {
+            warnings.push(format!(
+                "{}: in a scratch tree (not versioned, see {STORE_DIR}/{CONFIG_FILE}): changes \
+                 there are not recorded, so none are listed",
+                s.display()
+            ));
+        }
+        if !a.contains_key(s) && !b.contains_key(s) {
+            warnings.push(format!(
+                "{}: did not exist at {at1} and does not exist at {at2}",
+                s.display()
+            ));
+        }
+    }
+    Ok(Report {
+        changes,
+        warnings,
+        first_t: past.first_t,
+    })
+}
+
+/// Write the tree of instant `t` (or only `paths`, each with its parent directories as they
+/// were at `t`) into the directory `dest`: content, types, modes, symlink targets, empty
+/// directories, special files, mtimes (and owners, when run as root). `dest` must not exist
+/// or be an empty directory, and must not be inside the project (it would be written into the
+/// tree it is read from); nothing is written otherwise. The project is not changed and nothing
+/// is journaled. The report lists every path written, as added.
+pub fn materialize(store: &Store, t: i64, paths: &[PathBuf], dest: &Path) -> Result<Report> {
+    materialize_as(store, t, paths, dest, nix::unistd::geteuid().is_root())
+}
+
+fn materialize_as(
+    store: &Store,
+    t: i64,
+    paths: &[PathBuf],
+    dest: &Path,
+    privileged: bool,
+) -> Result<Report> {
+    let scopes = scopes(paths, "restore")?;
+    let (dest_real, dest_exists) = check_dest(store, dest)?;
+    let past = Past::read(store)?;
+    past.check(t)?;
+    let live = live_tree(store)?;
+    let (tree, mut warnings) = one_tree(store, &past, &live, t)?;
+    let at = format_utc(t);
+    let config = Config::load(store)?;
+
+    let mut todo: Tree = tree
+        .iter()
+        .filter(|(p, _)| in_scope(p, &scopes))
+        .map(|(p, e)| (p.clone(), e.clone()))
+        .collect();
+    for s in &scopes {
+        if !tree.contains_key(s) {
+            warnings.push(format!("{}: did not exist at {at}", s.display()));
+            continue;
+        }
+        for a in s.ancestors().skip(1) {
+            if a.as_os_str().is_empty() {
+                break;
+            }
+            match tree.get(a) {
+                Some(e) if e.kind == Kind::Dir && !e.unknown() => {
+                    todo.entry(a.to_owned()).or_insert_with(|| e.clone());
+                }
+                _ => {
+                    todo.entry(a.to_owned())
+                        .or_insert_with(|| Entry::bare(Kind::Dir, 0o755, Source::Fresh));
+                }
+            }
+        }
+    }
+
+    if !dest_exists {
+        std::fs::create_dir_all(&dest_real).map_err(|e| Error::Io {
+            op: "create directory",
+            path: dest_real.clone(),
+            source: e,
+        })?;
+    }
+    let root = nix::fcntl::open(
+        &dest_real,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", &dest_real, e))?;
+    let mut fs = Fs::new(store);
+    let mut out = Dirs::new(root, dest_real.clone());
+    let mut made: HashSet<PathBuf> = HashSet::new();
+    let mut finish: Vec<(PathBuf, Entry)> = Vec::new();
+    let mut changes = Vec::new();
+    let mut written = Vec::new();
+    for (p, e) in &todo {
+        let Ok((d, n)) = split(p) else { continue };
+        if !d.as_os_str().is_empty() && !made.contains(d) {
+            // Below something that could not be written (its warning says why).
+            continue;
+        }
+        if let Source::Unknown(why) = &e.src {
+            warnings.push(format!("{}: {why}; not restored", p.display()));
+            continue;
+        }
+        if e.kind == Kind::Dir && config.is_scratch(p, true) {
+            // Its past is not recorded: copying it as it is now would pass today's build
+            // products off as the ones of `t`, at the cost scratch trees exist to avoid.
+            warnings.push(format!(
+                "{}: a scratch tree (not versioned, see {STORE_DIR}/{CONFIG_FILE}); not copied",
+                p.display()
+            ));
+            continue;
+        }
+        if e.written.is_some() {
+            written.push(p.display().to_string());
+        }
+        let dfd = out.dir(d)?;
+        let shown = dest_real.join(p);
+        match e.kind {
+            Kind::Dir => {
+                nix::sys::stat::mkdirat(dfd.as_fd(), n, Mode::from_bits_truncate(e.perm | 0o700))
+                    .map_err(|err| Error::io("create directory", &shown, err))?;
+                made.insert(p.clone());
+                finish.push((p.clone(), e.clone()));
+            }
+            Kind::File => {
+                let src = fs.open_source(&e.src, p)?;
+                let dst = nix::fcntl::openat(
+                    dfd.as_fd(),
+                    n,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|err| Error::io("create", &shown, err))?;
+                fill(src.as_fd(), dst.as_fd(), e, &shown, privileged)?;
+            }
+            Kind::Symlink => {
+                let target = e.target.clone().unwrap_or_default();
+                nix::unistd::symlinkat(target.as_os_str(), dfd.as_fd(), n)
+                    .map_err(|err| Error::io("create symlink", &shown, err))?;
+                set_owner_and_mtime(dfd.as_fd(), n, e, &shown, privileged)?;
+            }
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                if !make_special(dfd.as_fd(), n, e, &shown, privileged)? {
+                    warnings.push(format!(
+                        "{}: a {} cannot be created without privileges; not restored",
+                        p.display(),
+                        kind_name(e.kind)
+                    ));
+                    continue;
+                }
+            }
+        }
+        changes.push(Change {
+            mark: Mark::Added,
+            path: p.clone(),
+        });
+    }
+    // Directories last, deepest first, once nothing more is added to them.
+    for (p, e) in finish.iter().rev() {
+        let (d, n) = split(p)?;
+        let dfd = out.dir(d)?;
+        let shown = dest_real.join(p);
+        set_owner_and_mtime(dfd.as_fd(), n, e, &shown, privileged)?;
+        chmod_at(dfd.as_fd(), n, e.perm).map_err(|err| Error::io("chmod", &shown, err))?;
+    }
+    warnings.extend(written_warning(written, &at, "copied"));
+    Ok(Report {
+        changes,
+        warnings,
+        first_t: past.first_t,
+    })
+}
+
+/// Check a destination for [`materialize`]: outside the project, and either missing or an empty
+/// directory. Returns it absolute with symlinks resolved, and whether it exists.
+fn check_dest(store: &Store, dest: &Path) -> Result<(PathBuf, bool)> {
+    let refuse = |why: &str| {
+        Err(Error::Invalid(format!(
+            "cannot restore into {}: {why}",
+            dest.display()
+        )))
+    };
+    let abs = std::path::absolute(dest).map_err(|e| Error::Io {
+        op: "resolve",
+        path: dest.to_owned(),
+        source: e,
+    })?;
+    // The deepest part that exists, with its symlinks resolved, then the rest as given.
+    let comps: Vec<Component> = abs.components().collect();
+    let mut n = comps.len();
+    let real_base = loop {
+        let prefix: PathBuf = comps[..n].iter().collect();
+        match std::fs::canonicalize(&prefix) {
+            Ok(p) => break p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && n > 1 => n -= 1,
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "resolve",
+                    path: prefix,
+                    source: e,
+                })
+            }
+        }
+    };
+    let exists = n == comps.len();
+    let mut real = real_base.clone();
+    for c in &comps[n..] {
+        match c {
+            Component::Normal(s) => real.push(s),
+            _ => return refuse("its path has `.` or `..` after a part that does not exist"),
+        }
+    }
+    let project = &store.project_path();
+    let project_real = std::fs::canonicalize(project).unwrap_or_else(|_| project.to_path_buf());
+    let project_st = nix::sys::stat::fstat(store.project()).ok();
+    let is_project = |p: &Path| {
+        p.starts_with(&project_real)
+            || project_st.is_some_and(|ps| {
+                nix::sys::stat::stat(p)
+                    .is_ok_and(|st| (st.st_dev, st.st_ino) == (ps.st_dev, ps.st_ino))
+            })
+    };
+    if real_base.ancestors().any(is_project) {
+        return refuse(&format!(
+            "it is inside the project {} (restoring into it would change the tree being read); \
+             choose a directory outside it",
+            project.display()
+        ));
+    }
+    if exists {
+        let md = std::fs::metadata(&real).map_err(|e| Error::Io {
+            op: "stat",
+            path: real.clone(),
+            source: e,
+        })?;
+        if !md.is_dir() {
+            return refuse("it exists and is not a directory");
+        }
+        let mut entries = std::fs::read_dir(&real).map_err(|e| Error::Io {
+            op: "read directory",
+            path: real.clone(),
+            source: e,
+        })?;
+        if entries.next().is_some() {
+            return refuse("it is not empty (give a new or empty directory)");
+        }
+    }
+    Ok((real, exists))
+}
+
+/// What [`undelete`] brought back for one path.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Undeleted {
+    #[serde(with = "relpath")]
+    pub path: PathBuf,
+    /// What it was when it was removed.
+    pub kind: Kind,
+    /// The record that removed it: when, how, and by which process.
+    pub removed_t: i64,
+    pub removed_op: Op,
+    pub removed_pid: u32,
+    pub removed_comm: String,
+    /// The instant the path was restored to (just before the removal, or before the first
+    /// removal of the `rm -rf` that emptied it, for a directory).
+    pub target_t: i64,
+    /// What the restore of the path changed, sorted by path.
+    pub changes: Vec<Change>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct UndeleteReport {
+    /// In the order the paths were given.
+    pub items: Vec<Undeleted>,
+    pub warnings: Vec<String>,
+}
+
+/// Records this far apart (or more) are not one `rm -rf`: see [`find_removal`].
+const RUN_GAP_NS: i64 = 10_000_000_000;
+
+/// Bring back the most recently removed version of each of `paths` (project-relative): find the
+/// newest journal record that removed it (an unlink or rmdir of it or of a directory holding
+/// it, a rename that moved it away or replaced it, a restore that displaced it), and restore
+/// that path only to the instant just before. A directory emptied entry by entry before its
+/// rmdir (`rm -rf`) comes back as it was before the first of those removals, whole.
+///
+/// Whatever is at a path now is displaced to the trash, as by any restore: journaled by `pid`
+/// and `comm`, and undoable. If a path was never removed, nothing at all is changed.
+pub fn undelete(store: &Store, paths: &[PathBuf], pid: u32, comm: &str) -> Result<UndeleteReport> {
+    let scopes = scopes(paths, "undelete")?;
+    if scopes.is_empty() {
+        return Err(Error::Invalid(
+            "undelete needs the paths to bring back (to go back in time as a whole, use restore)"
+                .into(),
+        ));
+    }
+    // Check every path first: none is changed unless all can be found.
+    {
+        let past = Past::read(store)?;
+        let live = live_tree(store)?;
+        for p in &scopes {
+            find_removal(store, &past, &live, p)?;
+        }
+    }
+    let mut report = UndeleteReport {
+        items: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for p in &scopes {
+        // Again: the previous path's restore is part of the history now.
+        let past = Past::read(store)?;
+        let live = live_tree(store)?;
+        let found = find_removal(store, &past, &live, p)?;
+        let r = &past.records[found.idx];
+        let rep = restore(
+            store,
+            &Options {
+                target_t: found.target_t,
+                paths: vec![p.clone()],
+                dry_run: false,
+                pid,
+                comm: comm.to_owned(),
+            },
+        )?;
+        for w in rep.warnings {
+            if !report.warnings.contains(&w) {
+                report.warnings.push(w);
+            }
+        }
+        report.items.push(Undeleted {
+            path: p.clone(),
+            kind: found.kind,
+            removed_t: r.t,
+            removed_op: r.op,
+            removed_pid: r.pid,
+            removed_comm: r.comm.clone(),
+            target_t: found.target_t,
+            changes: rep.changes,
+        });
+    }
+    Ok(report)
+}
+
+struct Removal {
+    /// Index in `Past::records` of the record that removed the path.
+    idx: usize,
+    kind: Kind,
+    target_t: i64,
+}
+
+/// The newest record that removed `p`, found by rolling the tree back one record at a time:
+/// `p` exists just before the record and not just after it (or the record renamed something
+/// over `p` or over a directory holding it).
+///
+/// A directory removed by `rmdir` was empty by then; if what emptied it was a run of unlinks
+/// and rmdirs below it (`rm -rf`, `find -delete`, `shutil.rmtree`), the target goes back to
+/// just before the first removal of that run. The run is the removals below `p` that precede
+/// the rmdir with no other change below `p` in between, no mount, run or restore marker, and no
+/// pause longer than [`RUN_GAP_NS`] between two of them; changes elsewhere in the tree do not
+/// end it.
+fn find_removal(store: &Store, past: &Past, live: &Tree, p: &Path) -> Result<Removal> {
+    let mut rb = Rollback {
+        store,
+        tree: live.clone(),
+        mismatches: 0,
+        skipped: 0,
+    };
+    let recs = &past.records;
+    for i in (0..recs.len()).rev() {
+        let r = &recs[i];
+        let after = rb.tree.contains_key(p);
+        rb.undo(r)?;
+        let touches = p.starts_with(&r.path) || r.to.as_deref().is_some_and(|to| p.starts_with(to));
+        let Some(e) = rb.tree.get(p) else { continue };
+        let replaced = r.op == Op::Rename
+            && (r.trash.is_some() || r.object.is_some())
+            && r.to.as_deref().is_some_and(|to| p.starts_with(to));
+        if !touches || (after && !replaced) {
+            continue;
+        }
+        if let Source::Unknown(why) = &e.src {
+            return Err(Error::Invalid(format!(
+                "cannot undelete {}: {why}",
+                p.display()
+            )));
+        }
+        let kind = e.kind;
+        let mut first = i;
+        if r.op == Op::Rmdir && r.path == p {
+            let mut last_t = r.t;
+            for j in (0..i).rev() {
+                let q = &recs[j];
+                if matches!(q.op, Op::Mount | Op::Umount | Op::Restore | Op::Run) {
+                    break;
+                }
+                let below =
+                    q.path.starts_with(p) || q.to.as_deref().is_some_and(|to| to.starts_with(p));
+                if !below {
+                    continue;
+                }
+                let removal =
+                    matches!(q.op, Op::Unlink | Op::Rmdir) && q.path != p && q.to.is_none();
+                if !removal || last_t - q.t > RUN_GAP_NS {
+                    break;
+                }
+                first = j;
+                last_t = q.t;
+            }
+        }
+        return Ok(Removal {
+            idx: i,
+            kind,
+            target_t: recs[first].t - 1,
+        });
+    }
+    if Config::load(store).is_ok_and(|c| c.is_scratch(p, true)) {
+        return Err(Error::Invalid(format!(
+            "cannot undelete {}: it is in a scratch tree (not versioned, see \
+             {STORE_DIR}/{CONFIG_FILE}), so nothing removed there is kept",
+            p.display()
+        )));
+    }
+    Err(Error::Invalid(format!(
+        "cannot undelete {}: the journal has no record of it being removed",
+        p.display()
+    )))
+}
+
+/// The journal, read once and put in time order.
+struct Past {
+    records: Vec<Record>,
+    /// Damaged records skipped on read.
+    corrupt: usize,
+    first_t: i64,
+}
+
+impl Past {
+    fn read(store: &Store) -> Result<Past> {
+        let (mut records, report) = journal::read(store.dir(), store.dir_path())?;
+        records.sort_by_key(|r| r.t);
+        let Some(first_t) = records.first().map(|r| r.t) else {
+            return Err(Error::Invalid(
+                "no history yet: nothing has been recorded for this directory".into(),
+            ));
+        };
+        Ok(Past {
+            records,
+            corrupt: report.corrupt,
+            first_t,
+        })
+    }
+
+    /// Refuse an instant before the journal begins: the tree is not known there.
+    fn check(&self, t: i64) -> Result<()> {
+        if t < self.first_t {
+            return Err(Error::Invalid(format!(
+                "nothing is recorded before {} (the first mount), so the tree is not known at \
+                 {}; try a later TIME",
+                format_utc(self.first_t),
+                format_utc(t)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The trees at each of `instants` (in that order), each with the warnings of its rollback:
+/// one walk back from the live tree, undoing every record newer than each instant.
+fn trees_at(
+    store: &Store,
+    past: &Past,
+    live: &Tree,
+    instants: &[i64],
+) -> Result<Vec<(Tree, Vec<String>)>> {
+    let mut order: Vec<usize> = (0..instants.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(instants[i]));
+    let mut rb = Rollback {
+        store,
+        tree: live.clone(),
+        mismatches: 0,
+        skipped: 0,
+    };
+    let mut next = past.records.len();
+    let mut out: Vec<Option<(Tree, Vec<String>)>> = vec![None; instants.len()];
+    for i in order {
+        let t = instants[i];
+        while next > 0 && past.records[next - 1].t > t {
+            next -= 1;
+            rb.undo(&past.records[next])?;
+        }
+        out[i] = Some((rb.tree.clone(), rb.warnings(past.corrupt, t)));
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+fn one_tree(store: &Store, past: &Past, live: &Tree, t: i64) -> Result<(Tree, Vec<String>)> {
+    Ok(trees_at(store, past, live, &[t])?.pop().unwrap_or_default())
+}
+
+/// One warning naming the files whose content at `at` is not known because they were written
+/// in place after it without a kept pre-image.
+fn written_warning(names: Vec<String>, at: &str, what: &str) -> Option<String> {
+    if names.is_empty() {
+        return None;
+    }
+    let n = names.len();
+    let mut list = names.into_iter().take(5).collect::<Vec<_>>().join(", ");
+    if n > 5 {
+        list.push_str(", …");
+    }
+    Some(format!(
+        "{n} file(s) were written after {at} and their earlier content was not kept, so they \
+         are {what} as they are now: {list}"
+    ))
+}
+
+/// Validate PATH arguments: plain relative paths outside the store; `.` or nothing means the
+/// whole tree. `verb` names the command in errors.
+fn scopes(paths: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         let mut clean = PathBuf::new();
@@ -213,7 +841,7 @@ fn scopes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 Component::CurDir => {}
                 _ => {
                     return Err(Error::Invalid(format!(
-                        "cannot restore {}: paths must be relative to the project and stay \
+                        "cannot {verb} {}: paths must be relative to the project and stay \
                          inside it (no leading / and no ..)",
                         p.display()
                     )))
@@ -225,7 +853,7 @@ fn scopes(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
         if under_store(&clean) {
             return Err(Error::Invalid(format!(
-                "cannot restore {}: {STORE_DIR} is saferoot's own store",
+                "cannot {verb} {}: {STORE_DIR} is saferoot's own store",
                 p.display()
             )));
         }
@@ -242,35 +870,43 @@ fn in_scope(p: &Path, scopes: &[PathBuf]) -> bool {
     scopes.is_empty() || scopes.iter().any(|s| p.starts_with(s))
 }
 
-/// Where the bytes (or the metadata) of a virtual entry come from.
+/// Where the bytes (or the metadata) of an entry of a past tree come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Source {
+pub enum Source {
     /// The entry now at this project-relative path.
     Live(PathBuf),
     /// This path relative to the store (in the trash).
     Trash(PathBuf),
     /// A regular file in the object store (blake3 hex).
     Object(String),
-    /// Nothing to copy: an empty directory known only by its mode.
+    /// Nothing to copy: a directory known only by its mode (its entries are separate).
     Fresh,
     /// Something was here, but what is not kept. Says why.
     Unknown(String),
 }
 
+/// One entry of a past tree: its type and metadata, and where its bytes are.
 #[derive(Clone, Debug)]
-struct Entry {
-    kind: Kind,
+pub struct Entry {
+    pub kind: Kind,
     /// `mode & 0o7777`.
-    perm: u32,
-    src: Source,
-    size: u64,
-    mtime: Option<(i64, i64)>,
-    owner: Option<(u32, u32)>,
-    rdev: u64,
-    ino: u64,
-    target: Option<OsString>,
-    /// Written in place after T: the content at T is not known.
-    written: bool,
+    pub perm: u32,
+    pub src: Source,
+    /// Size in bytes (regular files; 0 when not known).
+    pub size: u64,
+    /// Modification time (seconds, nanoseconds), when known.
+    pub mtime: Option<(i64, i64)>,
+    /// (uid, gid), when known.
+    pub owner: Option<(u32, u32)>,
+    /// Device number of a device node.
+    pub rdev: u64,
+    /// Inode number of the source (0 when not known).
+    pub ino: u64,
+    /// Symlink target.
+    pub target: Option<OsString>,
+    /// Written in place after the instant without a kept pre-image: the content then is not
+    /// known, and `src` gives it as it is now. Holds the time of the earliest such write.
+    pub written: Option<i64>,
 }
 
 impl Entry {
@@ -285,7 +921,7 @@ impl Entry {
             rdev: st.st_rdev,
             ino: st.st_ino,
             target,
-            written: false,
+            written: None,
         })
     }
 
@@ -300,20 +936,19 @@ impl Entry {
             rdev: 0,
             ino: 0,
             target: None,
-            written: false,
+            written: None,
         }
     }
 
     /// Type and permission bits, as journaled.
-    fn mode(&self) -> u32 {
+    pub fn mode(&self) -> u32 {
         kind_bits(self.kind) | self.perm
     }
 
-    fn unknown(&self) -> bool {
+    pub fn unknown(&self) -> bool {
         matches!(self.src, Source::Unknown(_))
     }
 }
-
 fn kind_bits(k: Kind) -> u32 {
     match k {
         Kind::File => libc::S_IFREG,
@@ -476,6 +1111,32 @@ struct Rollback<'a> {
 }
 
 impl Rollback<'_> {
+    /// What the walk back to `t` could not do exactly.
+    fn warnings(&self, corrupt: usize, t: i64) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if corrupt > 0 {
+            warnings.push(format!(
+                "{corrupt} damaged journal record(s) were skipped; the changes they described \
+                 are not undone"
+            ));
+        }
+        if self.skipped > 0 {
+            warnings.push(format!(
+                "{} journal record(s) with unusable paths were skipped",
+                self.skipped
+            ));
+        }
+        if self.mismatches > 0 {
+            warnings.push(format!(
+                "{} journal record(s) did not match the tree (was it changed while not \
+                 mounted?); the result may differ from the tree at {} there",
+                self.mismatches,
+                format_utc(t)
+            ));
+        }
+        warnings
+    }
+
     /// A project path from a record, or `None` (counted) if it is unusable; `.saferoot` and the
     /// root itself are silently ignored.
     fn path(&mut self, p: Option<&Path>) -> Option<PathBuf> {
@@ -508,7 +1169,10 @@ impl Rollback<'_> {
 
     /// Undo one record on the virtual tree.
     fn undo(&mut self, r: &Record) -> Result<()> {
-        if matches!(r.op, Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot) {
+        if matches!(
+            r.op,
+            Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot
+        ) {
             return Ok(());
         }
         let Some(path) = self.path(Some(&r.path)) else {
@@ -581,9 +1245,11 @@ impl Rollback<'_> {
                             n.src = o.src;
                             n.size = o.size;
                             n.mtime = None;
-                            n.written = false;
+                            n.written = None;
                         }
-                        None => n.written = true,
+                        // The oldest such write after the instant wins: walking backwards,
+                        // it comes last.
+                        None => n.written = Some(r.t),
                     }
                 }
             }
@@ -715,8 +1381,9 @@ struct Step {
 
 type Plan = BTreeMap<PathBuf, Step>;
 
-/// Compare the tree at T (`want`) with the tree now (`cur`) within `scopes`.
-fn diff(
+/// Compare the tree at T (`want`) with the tree now (`cur`) within `scopes`: what a restore
+/// must do.
+fn plan(
     fs: &mut Fs<'_>,
     cur: &Tree,
     want: &Tree,
@@ -745,25 +1412,12 @@ fn diff(
                 warnings.push(format!("{}: {why}; {what}", p.display()));
                 continue;
             }
-            if w.written {
+            if w.written.is_some() {
                 written.push(p.display().to_string());
             }
         }
-        let mark = match (c, w) {
-            (None, None) => continue,
-            (Some(_), None) => Mark::Removed,
-            (None, Some(_)) => Mark::Added,
-            (Some(c), Some(w)) => {
-                if c.kind != w.kind {
-                    Mark::Type
-                } else if !same_content(fs, p, c, w)? {
-                    Mark::Content
-                } else if c.perm != w.perm && c.kind != Kind::Symlink {
-                    Mark::Mode
-                } else {
-                    continue;
-                }
-            }
+        let Some(mark) = compare(fs, p, c, w)? else {
+            continue;
         };
         plan.insert(
             p.clone(),
@@ -782,17 +1436,7 @@ fn diff(
             ));
         }
     }
-    if !written.is_empty() {
-        let n = written.len();
-        let mut names = written.into_iter().take(5).collect::<Vec<_>>().join(", ");
-        if n > 5 {
-            names.push_str(", …");
-        }
-        warnings.push(format!(
-            "{n} file(s) were written after {at}; their earlier content is not kept (yet), \
-             so they are restored as they are now: {names}"
-        ));
-    }
+    warnings.extend(written_warning(written, &at, "restored"));
 
     // Something put back inside a directory outside the scope needs that directory: create
     // the missing ones (as they were at T), refuse if one is now another type of file.
@@ -839,11 +1483,38 @@ fn diff(
     Ok(plan)
 }
 
-/// Whether `c` (now at `p`) and `w` (at T) hold the same bytes / target / device. Types match.
+/// How the entry `w` differs from the entry `c` at the same path `p` (either may be absent);
+/// `None` if it does not. The marks read "going from `c` to `w`".
+fn compare(
+    fs: &mut Fs<'_>,
+    p: &Path,
+    c: Option<&Entry>,
+    w: Option<&Entry>,
+) -> Result<Option<Mark>> {
+    Ok(Some(match (c, w) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => Mark::Removed,
+        (None, Some(_)) => Mark::Added,
+        (Some(c), Some(w)) => {
+            if c.kind != w.kind {
+                Mark::Type
+            } else if !same_content(fs, p, c, w)? {
+                Mark::Content
+            } else if c.perm != w.perm && c.kind != Kind::Symlink {
+                Mark::Mode
+            } else {
+                return Ok(None);
+            }
+        }
+    }))
+}
+
+/// Whether `c` and `w`, two entries of the same type at `p`, hold the same bytes / target /
+/// device.
 fn same_content(fs: &mut Fs<'_>, p: &Path, c: &Entry, w: &Entry) -> Result<bool> {
     Ok(match c.kind {
         Kind::File => {
-            if w.src == Source::Live(p.to_owned()) {
+            if c.src == w.src {
                 true
             } else if c.size != w.size {
                 false
@@ -857,48 +1528,38 @@ fn same_content(fs: &mut Fs<'_>, p: &Path, c: &Entry, w: &Entry) -> Result<bool>
     })
 }
 
-/// Access to the project and the store by `*at()` calls, with the last directory opened kept.
-struct Fs<'a> {
-    store: &'a Store,
-    last_dir: Option<(PathBuf, OwnedFd)>,
-    /// Where each live entry displaced by this restore went (project path → store path).
-    displaced: HashMap<PathBuf, PathBuf>,
+/// Directories below one root directory, opened one component at a time without following
+/// symlinks (so nothing outside the root is ever reached), with the last one opened kept.
+struct Dirs {
+    root: OwnedFd,
+    shown: PathBuf,
+    last: Option<(PathBuf, OwnedFd)>,
 }
 
-impl<'a> Fs<'a> {
-    fn new(store: &'a Store) -> Self {
-        Fs {
-            store,
-            last_dir: None,
-            displaced: HashMap::new(),
+impl Dirs {
+    fn new(root: OwnedFd, shown: PathBuf) -> Dirs {
+        Dirs {
+            root,
+            shown,
+            last: None,
         }
     }
 
-    fn shown(&self, p: &Path) -> PathBuf {
-        self.store.project_path().join(p)
-    }
-
-    /// The project directory `rel` (O_PATH), opened one component at a time without following
-    /// symlinks, so nothing outside the project is ever reached.
+    /// The directory `rel` below the root (O_PATH).
     fn dir(&mut self, rel: &Path) -> Result<OwnedFd> {
-        if let Some((p, fd)) = &self.last_dir {
+        let dup = |fd: &OwnedFd, shown: &Path| {
+            fd.try_clone().map_err(|e| Error::Io {
+                op: "dup directory fd",
+                path: shown.to_owned(),
+                source: e,
+            })
+        };
+        if let Some((p, fd)) = &self.last {
             if p == rel {
-                return fd.try_clone().map_err(|e| Error::Io {
-                    op: "dup directory fd",
-                    path: self.shown(rel),
-                    source: e,
-                });
+                return dup(fd, &self.shown.join(rel));
             }
         }
-        let mut fd = self
-            .store
-            .project()
-            .try_clone_to_owned()
-            .map_err(|e| Error::Io {
-                op: "dup project fd",
-                path: self.shown(Path::new("")),
-                source: e,
-            })?;
+        let mut fd = dup(&self.root, &self.shown)?;
         for c in rel.components() {
             fd = nix::fcntl::openat(
                 fd.as_fd(),
@@ -906,15 +1567,66 @@ impl<'a> Fs<'a> {
                 OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|e| Error::io("open directory", &self.shown(rel), e))?;
+            .map_err(|e| Error::io("open directory", &self.shown.join(rel), e))?;
         }
         let keep = fd.try_clone().ok();
-        self.last_dir = keep.map(|k| (rel.to_owned(), k));
+        self.last = keep.map(|k| (rel.to_owned(), k));
         Ok(fd)
     }
 
+    fn forget(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Access to the project and the store by `*at()` calls.
+struct Fs<'a> {
+    store: &'a Store,
+    project: Option<Dirs>,
+    /// Where each live entry displaced by this restore went (project path → store path).
+    displaced: HashMap<PathBuf, PathBuf>,
+    /// blake3 and size of indexed trash items, read on first need.
+    index: Option<HashMap<PathBuf, (String, u64)>>,
+}
+
+impl<'a> Fs<'a> {
+    fn new(store: &'a Store) -> Self {
+        Fs {
+            store,
+            project: None,
+            displaced: HashMap::new(),
+            index: None,
+        }
+    }
+
+    fn shown(&self, p: &Path) -> PathBuf {
+        self.store.project_path().join(p)
+    }
+
+    /// The project directory `rel` (O_PATH); nothing outside the project is ever reached.
+    fn dir(&mut self, rel: &Path) -> Result<OwnedFd> {
+        if self.project.is_none() {
+            let root = self
+                .store
+                .project()
+                .try_clone_to_owned()
+                .map_err(|e| Error::Io {
+                    op: "dup project fd",
+                    path: self.shown(Path::new("")),
+                    source: e,
+                })?;
+            self.project = Some(Dirs::new(root, self.store.project_path().to_owned()));
+        }
+        match &mut self.project {
+            Some(d) => d.dir(rel),
+            None => unreachable!("set just above"),
+        }
+    }
+
     fn forget_dir(&mut self) {
-        self.last_dir = None;
+        if let Some(d) = &mut self.project {
+            d.forget();
+        }
     }
 
     /// Open the bytes of a regular-file source for reading. A live source this restore has
@@ -944,6 +1656,8 @@ impl<'a> Fs<'a> {
         }
     }
 
+    /// blake3 of a regular-file source, read only if neither its name (objects), the trash
+    /// index, nor the store's hash cache already says it.
     fn hash(&mut self, src: &Source, for_path: &Path) -> Result<blake3::Hash> {
         if let Source::Object(hex) = src {
             if let Ok(h) = blake3::Hash::from_hex(hex) {
@@ -951,7 +1665,40 @@ impl<'a> Fs<'a> {
             }
         }
         let fd = self.open_source(src, for_path)?;
-        store::hash_fd(fd.as_fd()).map_err(|e| Error::io("hash", &self.shown(for_path), e))
+        let st = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| Error::io("stat", &self.shown(for_path), e))?;
+        if let Source::Trash(tr) = src {
+            if self.index.is_none() {
+                self.index = Some(
+                    index::read(self.store)?
+                        .into_iter()
+                        .map(|e| (e.trash, (e.blake3, e.size)))
+                        .collect(),
+                );
+            }
+            let known = self.index.as_ref().and_then(|i| i.get(tr));
+            if let Some((hex, size)) = known {
+                if *size == st.st_size as u64 {
+                    if let Ok(h) = blake3::Hash::from_hex(hex) {
+                        return Ok(h);
+                    }
+                }
+            }
+        }
+        if let Some(hex) = self.store.cached_hash(&st) {
+            if let Ok(h) = blake3::Hash::from_hex(&hex) {
+                return Ok(h);
+            }
+        }
+        let h =
+            store::hash_fd(fd.as_fd()).map_err(|e| Error::io("hash", &self.shown(for_path), e))?;
+        // Only if the file did not change while it was read.
+        if let Ok(after) = nix::sys::stat::fstat(fd.as_fd()) {
+            if store::CacheKey::of(&after) == store::CacheKey::of(&st) {
+                self.store.remember_hash(&st, &h.to_hex());
+            }
+        }
+        Ok(h)
     }
 }
 
@@ -1183,7 +1930,7 @@ impl Exec<'_, '_> {
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| Error::io("create", &shown, e))?;
-                let filled = self.fill(src.as_fd(), dst.as_fd(), w, &shown);
+                let filled = fill(src.as_fd(), dst.as_fd(), w, &shown, self.privileged);
                 let ino = filled.and_then(|()| {
                     nix::sys::stat::fstat(dst.as_fd())
                         .map(|st| st.st_ino)
@@ -1208,7 +1955,7 @@ impl Exec<'_, '_> {
                 let target = w.target.clone().unwrap_or_default();
                 nix::unistd::symlinkat(target.as_os_str(), dfd.as_fd(), n)
                     .map_err(|e| Error::io("create symlink", &shown, e))?;
-                self.set_owner_and_mtime(dfd.as_fd(), n, w, &shown)?;
+                set_owner_and_mtime(dfd.as_fd(), n, w, &shown, self.privileged)?;
                 self.journal(Record {
                     kind: Some(Kind::Symlink),
                     target: Some(PathBuf::from(target)),
@@ -1216,30 +1963,14 @@ impl Exec<'_, '_> {
                 })?;
             }
             Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
-                let kind = SFlag::from_bits_truncate(kind_bits(w.kind));
-                match nix::sys::stat::mknodat(
-                    dfd.as_fd(),
-                    n,
-                    kind,
-                    Mode::from_bits_truncate(w.perm),
-                    w.rdev,
-                ) {
-                    Ok(()) => {}
-                    Err(Errno::EPERM)
-                        if matches!(w.kind, Kind::CharDev | Kind::BlockDev) && !self.privileged =>
-                    {
-                        self.warnings.push(format!(
-                            "{}: a {} cannot be created without privileges; not restored",
-                            p.display(),
-                            kind_name(w.kind)
-                        ));
-                        return Ok(None);
-                    }
-                    Err(e) => return Err(Error::io("create special file", &shown, e)),
+                if !make_special(dfd.as_fd(), n, w, &shown, self.privileged)? {
+                    self.warnings.push(format!(
+                        "{}: a {} cannot be created without privileges; not restored",
+                        p.display(),
+                        kind_name(w.kind)
+                    ));
+                    return Ok(None);
                 }
-                self.set_owner_and_mtime(dfd.as_fd(), n, w, &shown)?;
-                // After chown, which clears set-id bits, and past the umask.
-                chmod_at(dfd.as_fd(), n, w.perm).map_err(|e| Error::io("chmod", &shown, e))?;
                 self.journal(Record {
                     kind: Some(w.kind),
                     mode: Some(w.mode()),
@@ -1248,56 +1979,6 @@ impl Exec<'_, '_> {
             }
         }
         Ok(None)
-    }
-
-    /// Copy the bytes, then owner (privileged only), mode and mtime, onto a new regular file.
-    fn fill(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, w: &Entry, shown: &Path) -> Result<()> {
-        store::clone_or_copy(src, dst).map_err(|e| Error::io("copy into", shown, e))?;
-        if self.privileged {
-            if let Some((uid, gid)) = w.owner {
-                nix::unistd::fchown(dst, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-                    .map_err(|e| Error::io("chown", shown, e))?;
-            }
-        }
-        nix::sys::stat::fchmod(dst, Mode::from_bits_truncate(w.perm))
-            .map_err(|e| Error::io("chmod", shown, e))?;
-        if let Some((s, ns)) = w.mtime {
-            nix::sys::stat::futimens(dst, &TimeSpec::UTIME_OMIT, &TimeSpec::new(s, ns))
-                .map_err(|e| Error::io("set mtime", shown, e))?;
-        }
-        Ok(())
-    }
-
-    fn set_owner_and_mtime(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        w: &Entry,
-        shown: &Path,
-    ) -> Result<()> {
-        if self.privileged {
-            if let Some((uid, gid)) = w.owner {
-                nix::unistd::fchownat(
-                    dir,
-                    name,
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| Error::io("chown", shown, e))?;
-            }
-        }
-        if let Some((s, ns)) = w.mtime {
-            nix::sys::stat::utimensat(
-                dir,
-                name,
-                &TimeSpec::UTIME_OMIT,
-                &TimeSpec::new(s, ns),
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(|e| Error::io("set mtime", shown, e))?;
-        }
-        Ok(())
     }
 
     fn finish_dir(&mut self, p: &Path, f: &FinishDir) -> Result<()> {
@@ -1319,9 +2000,89 @@ impl Exec<'_, '_> {
             owner: f.owner,
             ..Entry::bare(Kind::Dir, f.perm, Source::Fresh)
         };
-        self.set_owner_and_mtime(dfd.as_fd(), n, &w, &shown)?;
+        set_owner_and_mtime(dfd.as_fd(), n, &w, &shown, self.privileged)?;
         chmod_at(dfd.as_fd(), n, f.perm).map_err(|e| Error::io("chmod", &shown, e))
     }
+}
+
+/// Copy the bytes, then owner (privileged only), mode and mtime, onto a new regular file.
+fn fill(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    w: &Entry,
+    shown: &Path,
+    privileged: bool,
+) -> Result<()> {
+    store::clone_or_copy(src, dst).map_err(|e| Error::io("copy into", shown, e))?;
+    if privileged {
+        if let Some((uid, gid)) = w.owner {
+            nix::unistd::fchown(dst, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(|e| Error::io("chown", shown, e))?;
+        }
+    }
+    nix::sys::stat::fchmod(dst, Mode::from_bits_truncate(w.perm))
+        .map_err(|e| Error::io("chmod", shown, e))?;
+    if let Some((s, ns)) = w.mtime {
+        nix::sys::stat::futimens(dst, &TimeSpec::UTIME_OMIT, &TimeSpec::new(s, ns))
+            .map_err(|e| Error::io("set mtime", shown, e))?;
+    }
+    Ok(())
+}
+
+/// Owner (privileged only) and mtime of the entry `name` of `dir`, without following symlinks.
+fn set_owner_and_mtime(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    w: &Entry,
+    shown: &Path,
+    privileged: bool,
+) -> Result<()> {
+    if privileged {
+        if let Some((uid, gid)) = w.owner {
+            nix::unistd::fchownat(
+                dir,
+                name,
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| Error::io("chown", shown, e))?;
+        }
+    }
+    if let Some((s, ns)) = w.mtime {
+        nix::sys::stat::utimensat(
+            dir,
+            name,
+            &TimeSpec::UTIME_OMIT,
+            &TimeSpec::new(s, ns),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| Error::io("set mtime", shown, e))?;
+    }
+    Ok(())
+}
+
+/// Create the fifo, socket or device node `name` in `dir` as `w` (owner, mtime, mode).
+/// Returns false, creating nothing, for a device node without the privilege to make one.
+fn make_special(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    w: &Entry,
+    shown: &Path,
+    privileged: bool,
+) -> Result<bool> {
+    let kind = SFlag::from_bits_truncate(kind_bits(w.kind));
+    match nix::sys::stat::mknodat(dir, name, kind, Mode::from_bits_truncate(w.perm), w.rdev) {
+        Ok(()) => {}
+        Err(Errno::EPERM) if matches!(w.kind, Kind::CharDev | Kind::BlockDev) && !privileged => {
+            return Ok(false)
+        }
+        Err(e) => return Err(Error::io("create special file", shown, e)),
+    }
+    set_owner_and_mtime(dir, name, w, shown, privileged)?;
+    // After chown, which clears set-id bits, and past the umask.
+    chmod_at(dir, name, w.perm).map_err(|e| Error::io("chmod", shown, e))?;
+    Ok(true)
 }
 
 /// `fchmodat` without following a final symlink (glibc emulates the flag through `/proc`);
@@ -1367,6 +2128,8 @@ mod tests {
     struct Sim {
         dir: tempfile::TempDir,
         store: Store,
+        /// Added to the time of every record made from now on (to fake pauses).
+        skew: std::cell::Cell<i64>,
     }
 
     impl Sim {
@@ -1374,7 +2137,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let fd: OwnedFd = fs::File::open(dir.path()).unwrap().into();
             let store = Store::open_or_create(fd.as_fd(), dir.path()).unwrap();
-            let s = Sim { dir, store };
+            let s = Sim {
+                dir,
+                store,
+                skew: std::cell::Cell::new(0),
+            };
             s.rec(Record::new(crate::now_ns(), Op::Mount, ".", 1, "saferoot"));
             s
         }
@@ -1388,7 +2155,7 @@ mod tests {
         }
 
         fn r(&self, op: Op, rel: &str) -> Record {
-            Record::new(crate::now_ns(), op, rel, 4242, "agent")
+            Record::new(crate::now_ns() + self.skew.get(), op, rel, 4242, "agent")
         }
 
         fn mode(&self, rel: &str) -> u32 {
@@ -1496,6 +2263,19 @@ mod tests {
             });
         }
 
+        /// Rewrite `rel` in place, keeping its previous content as an object first (the
+        /// pre-image), as the FUSE layer does on the first open for writing.
+        fn write(&self, rel: &str, bytes: &[u8]) {
+            let f = fs::File::open(self.p(rel)).unwrap();
+            let hex = self.store.put_object(f.as_fd()).unwrap();
+            drop(f);
+            fs::write(self.p(rel), bytes).unwrap();
+            self.rec(Record {
+                object: Some(hex),
+                ..self.r(Op::Write, rel)
+            });
+        }
+
         /// An instant between two steps, and the tree at that instant.
         fn instant(&self) -> (i64, Snap) {
             std::thread::sleep(Duration::from_millis(2));
@@ -1506,34 +2286,7 @@ mod tests {
         }
 
         fn snap(&self) -> Snap {
-            let root = self.dir.path();
-            let mut out = Snap::new();
-            for e in walkdir::WalkDir::new(root)
-                .min_depth(1)
-                .follow_links(false)
-                .into_iter()
-                .filter_entry(|e| e.depth() != 1 || e.file_name() != STORE_DIR)
-            {
-                let e = e.unwrap();
-                let m = e.metadata().unwrap();
-                let mode = m.mode() & 0o7777;
-                let ft = e.file_type();
-                let entry = if ft.is_dir() {
-                    E::Dir { mode }
-                } else if ft.is_symlink() {
-                    E::Symlink(fs::read_link(e.path()).unwrap())
-                } else if ft.is_file() {
-                    E::File {
-                        mode,
-                        bytes: fs::read(e.path()).unwrap(),
-                        mtime: (m.mtime(), m.mtime_nsec()),
-                    }
-                } else {
-                    E::Fifo { mode }
-                };
-                out.insert(e.path().strip_prefix(root).unwrap().to_owned(), entry);
-            }
-            out
+            snap_of(self.dir.path())
         }
 
         fn opts(&self, t: i64) -> Options {
@@ -1572,6 +2325,37 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    /// Every entry under `root` (except the store), as a person would compare it.
+    fn snap_of(root: &Path) -> Snap {
+        let mut out = Snap::new();
+        for e in walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| e.depth() != 1 || e.file_name() != STORE_DIR)
+        {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            let mode = m.mode() & 0o7777;
+            let ft = e.file_type();
+            let entry = if ft.is_dir() {
+                E::Dir { mode }
+            } else if ft.is_symlink() {
+                E::Symlink(fs::read_link(e.path()).unwrap())
+            } else if ft.is_file() {
+                E::File {
+                    mode,
+                    bytes: fs::read(e.path()).unwrap(),
+                    mtime: (m.mtime(), m.mtime_nsec()),
+                }
+            } else {
+                E::Fifo { mode }
+            };
+            out.insert(e.path().strip_prefix(root).unwrap().to_owned(), entry);
+        }
+        out
     }
 
     fn changes(r: &Report) -> Vec<(char, String)> {
@@ -2160,5 +2944,534 @@ mod tests {
         ];
         let s: String = all.iter().map(|m| m.symbol()).collect();
         assert_eq!(s, "+-MmT");
+    }
+
+    /// A past tree as a person would compare it (file bytes read from wherever they are kept).
+    fn tree_snap(s: &Sim, tree: &TreeAt) -> Snap {
+        let mut fs = Fs::new(&s.store);
+        tree.entries
+            .iter()
+            .map(|(p, e)| {
+                let entry = match e.kind {
+                    Kind::Dir => E::Dir { mode: e.perm },
+                    Kind::Symlink => E::Symlink(PathBuf::from(e.target.clone().unwrap())),
+                    Kind::File => {
+                        let fd = fs.open_source(&e.src, p).unwrap();
+                        let mut bytes = Vec::new();
+                        std::io::Read::read_to_end(&mut fs::File::from(fd), &mut bytes).unwrap();
+                        E::File {
+                            mode: e.perm,
+                            bytes,
+                            mtime: e.mtime.unwrap(),
+                        }
+                    }
+                    _ => E::Fifo { mode: e.perm },
+                };
+                (p.clone(), entry)
+            })
+            .collect()
+    }
+
+    fn swapped(changes: &[Change]) -> Vec<Change> {
+        changes
+            .iter()
+            .map(|c| Change {
+                mark: match c.mark {
+                    Mark::Added => Mark::Removed,
+                    Mark::Removed => Mark::Added,
+                    m => m,
+                },
+                path: c.path.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tree_at_agrees_with_the_recorded_instants_and_with_restore() {
+        let s = Sim::new();
+        let at = history(&s);
+        let (t_end, _) = s.instant();
+        for (i, (t, want)) in at.iter().enumerate() {
+            let tree = tree_at(&s.store, *t, &[]).unwrap();
+            assert_eq!(&tree_snap(&s, &tree), want, "instant {i}");
+            assert!(tree.warnings.is_empty(), "{:?}", tree.warnings);
+            let mut h = Hasher::new(&s.store);
+            for (p, e) in &tree.entries {
+                let expect = match &want[p] {
+                    E::File { bytes, .. } => Some(blake3::hash(bytes).to_hex().to_string()),
+                    _ => None,
+                };
+                assert_eq!(h.blake3(p, e).unwrap(), expect, "{}", p.display());
+            }
+            // A restore dry run from now sees exactly what diff sees from now to that instant,
+            // and diff from that instant to now sees the same paths the other way round.
+            let dry = restore(
+                &s.store,
+                &Options {
+                    dry_run: true,
+                    ..s.opts(*t)
+                },
+            )
+            .unwrap();
+            let to_t = diff(&s.store, t_end, Some(*t), &[]).unwrap();
+            assert_eq!(to_t.changes, dry.changes, "instant {i}");
+            let from_t = diff(&s.store, *t, None, &[]).unwrap();
+            assert_eq!(from_t.changes, swapped(&dry.changes), "instant {i}");
+        }
+        // Restricted to a path: that subtree only.
+        let tree = tree_at(&s.store, at[5].0, &[PathBuf::from("data")]).unwrap();
+        let keys: Vec<String> = tree
+            .entries
+            .keys()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(keys, ["data", "data/b.bin", "data/sub", "data/sub/a.bin"]);
+    }
+
+    #[test]
+    fn tree_at_names_where_content_was_not_kept() {
+        let s = Sim::new();
+        s.create("w", b"before", 0o644);
+        let (t, _) = s.instant();
+        fs::write(s.p("w"), b"after").unwrap();
+        s.rec(s.r(Op::Write, "w"));
+        let tree = tree_at(&s.store, t, &[]).unwrap();
+        assert!(tree.entries[Path::new("w")].written.is_some());
+        let w = tree.warnings.join("\n");
+        assert!(
+            w.contains("1 file(s) were written after") && w.contains(": w"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn materialize_writes_every_recorded_instant_exactly_and_leaves_the_project_alone() {
+        let s = Sim::new();
+        let at = history(&s);
+        let (now, jlen, trash) = (s.snap(), s.journal_len(), s.trash_files());
+        let out = tempfile::tempdir().unwrap();
+        for (i, (t, want)) in at.iter().enumerate() {
+            // A directory that does not exist yet, two levels deep.
+            let dest = out.path().join(format!("at-{i}/tree"));
+            let rep = materialize(&s.store, *t, &[], &dest).unwrap();
+            assert_eq!(&snap_of(&dest), want, "instant {i}");
+            assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
+            assert_eq!(rep.changes.len(), want.len());
+            assert!(rep.changes.iter().all(|c| c.mark == Mark::Added));
+        }
+        // An existing empty directory is fine too.
+        let empty = out.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        materialize(&s.store, at[3].0, &[], &empty).unwrap();
+        assert_eq!(snap_of(&empty), at[3].1);
+        // The project did not change, and nothing was journaled or trashed.
+        assert_eq!(s.snap(), now);
+        assert_eq!(s.journal_len(), jlen);
+        assert_eq!(s.trash_files(), trash);
+    }
+
+    #[test]
+    fn materialize_of_some_paths_brings_their_parents_as_they_were() {
+        let s = Sim::new();
+        s.mkdir("a", 0o750);
+        s.mkdir("a/b", 0o705);
+        s.create("a/b/f", b"f", 0o640);
+        s.create("a/g", b"g", 0o644);
+        s.create("top", b"top", 0o600);
+        s.create("other", b"other", 0o644);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &s.p("a/b"),
+            &TimeSpec::UTIME_OMIT,
+            &TimeSpec::new(1_600_000_000, 7),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        let (t, at_t) = s.instant();
+        s.unlink("a/g");
+        s.unlink("top");
+        s.create("top", b"newer", 0o644);
+        s.chmod("a", 0o755);
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("x");
+        let rep = materialize(
+            &s.store,
+            t,
+            &[
+                PathBuf::from("a/b"),
+                PathBuf::from("./top"),
+                PathBuf::from("never"),
+            ],
+            &dest,
+        )
+        .unwrap();
+        let expect: Snap = at_t
+            .iter()
+            .filter(|(p, _)| {
+                ["a", "a/b", "a/b/f", "top"]
+                    .iter()
+                    .any(|k| *p == Path::new(k))
+            })
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        assert_eq!(snap_of(&dest), expect);
+        assert_eq!(filetime(&dest.join("a/b")), (1_600_000_000, 7));
+        assert_eq!(
+            changes(&rep),
+            ch(&[('+', "a"), ('+', "a/b"), ('+', "a/b/f"), ('+', "top")])
+        );
+        let w = rep.warnings.join("\n");
+        assert!(w.contains("never: did not exist at"), "{w}");
+    }
+
+    #[test]
+    fn materialize_refuses_a_destination_that_is_not_empty_or_inside_the_project() {
+        let s = Sim::new();
+        s.create("f", b"f", 0o644);
+        let (t, _) = s.instant();
+        let out = tempfile::tempdir().unwrap();
+
+        let full = out.path().join("full");
+        fs::create_dir(&full).unwrap();
+        fs::write(full.join("x"), b"x").unwrap();
+        let e = materialize(&s.store, t, &[], &full)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not empty"), "{e}");
+        assert!(e.contains(&full.display().to_string()), "{e}");
+        assert_eq!(fs::read_dir(&full).unwrap().count(), 1);
+
+        let file = out.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let e = materialize(&s.store, t, &[], &file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a directory"), "{e}");
+
+        std::os::unix::fs::symlink(s.dir.path(), out.path().join("link")).unwrap();
+        for inside in [
+            s.dir.path().to_owned(),
+            s.p("sub/new"),
+            s.p(".saferoot/restored"),
+            out.path().join("link/new"),
+        ] {
+            let e = materialize(&s.store, t, &[], &inside).unwrap_err();
+            assert!(matches!(e, Error::Invalid(_)), "{e}");
+            let e = e.to_string();
+            assert!(e.contains("is inside the project"), "{e}");
+        }
+        assert!(!s.p("sub").exists() && !s.p(".saferoot/restored").exists());
+
+        // Nothing is created for an instant the journal does not cover.
+        let fresh = out.path().join("fresh");
+        let e = materialize(&s.store, 0, &[], &fresh)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing is recorded before"), "{e}");
+        assert!(!fresh.exists());
+        let e = materialize(&s.store, t, &[PathBuf::from("../x")], &fresh);
+        assert!(matches!(e, Err(Error::Invalid(_))));
+        assert!(!fresh.exists());
+    }
+
+    #[test]
+    fn diff_marks_each_kind_of_change_between_two_instants_or_up_to_now() {
+        let s = Sim::new();
+        s.create("gone.txt", b"gone", 0o644);
+        s.create("edited.txt", b"old", 0o644);
+        s.create("mode.sh", b"#!/bin/sh\n", 0o644);
+        s.create("kind", b"a file", 0o644);
+        s.mkdir("dir", 0o755);
+        s.create("same.txt", b"same", 0o644);
+        s.create("rewritten.txt", b"equal", 0o644);
+        s.symlink("link", "a");
+        let (t1, _) = s.instant();
+        s.unlink("gone.txt");
+        s.create("new.txt", b"new", 0o644);
+        s.write("edited.txt", b"new content");
+        s.chmod("mode.sh", 0o755);
+        s.unlink("kind");
+        s.mkdir("kind", 0o755);
+        s.rmdir("dir");
+        s.unlink("link");
+        s.symlink("link", "b");
+        // Rewritten with the same bytes: not a change.
+        s.write("rewritten.txt", b"equal");
+        let (t2, _) = s.instant();
+        s.create("later.txt", b"after t2", 0o644);
+        s.chmod("same.txt", 0o600);
+        let jlen = s.journal_len();
+
+        let t1_t2 = ch(&[
+            ('-', "dir"),
+            ('M', "edited.txt"),
+            ('-', "gone.txt"),
+            ('T', "kind"),
+            ('M', "link"),
+            ('m', "mode.sh"),
+            ('+', "new.txt"),
+        ]);
+        let rep = diff(&s.store, t1, Some(t2), &[]).unwrap();
+        assert_eq!(changes(&rep), t1_t2);
+        assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
+        // Up to now: the changes after t2 too.
+        let mut t1_now = t1_t2.clone();
+        t1_now.insert(4, ('+', "later.txt".into()));
+        t1_now.push(('m', "same.txt".into()));
+        assert_eq!(changes(&diff(&s.store, t1, None, &[]).unwrap()), t1_now);
+        // The other way round.
+        let back = diff(&s.store, t2, Some(t1), &[]).unwrap();
+        assert_eq!(back.changes, swapped(&rep.changes));
+        // Restricted to some paths.
+        let some = diff(
+            &s.store,
+            t1,
+            None,
+            &[PathBuf::from("kind"), PathBuf::from("later.txt")],
+        )
+        .unwrap();
+        assert_eq!(changes(&some), ch(&[('T', "kind"), ('+', "later.txt")]));
+        // An instant against itself, and against now when nothing changed since.
+        assert!(diff(&s.store, t2, Some(t2), &[])
+            .unwrap()
+            .changes
+            .is_empty());
+        let (t3, _) = s.instant();
+        assert!(diff(&s.store, t3, None, &[]).unwrap().changes.is_empty());
+        // Nothing was written.
+        assert_eq!(s.journal_len(), jlen);
+        // Before the history begins: an error.
+        let e = diff(&s.store, 0, None, &[]).unwrap_err().to_string();
+        assert!(e.contains("nothing is recorded before"), "{e}");
+    }
+
+    fn undelete1(s: &Sim, p: &str) -> Result<Undeleted> {
+        let mut rep = undelete(&s.store, &[PathBuf::from(p)], 7, "saferoot")?;
+        assert_eq!(rep.items.len(), 1);
+        Ok(rep.items.remove(0))
+    }
+
+    #[test]
+    fn undelete_brings_back_a_file_and_can_be_undone() {
+        let s = Sim::new();
+        s.mkdir("docs", 0o755);
+        s.create("docs/notes.md", b"my notes", 0o640);
+        s.create("other", b"o", 0o644);
+        let (t, at_t) = s.instant();
+        s.unlink("docs/notes.md");
+        s.unlink("other");
+        s.rmdir("docs");
+        let (before, state) = s.instant();
+        let it = undelete1(&s, "docs/notes.md").unwrap();
+        assert_eq!(
+            (
+                it.kind,
+                it.removed_op,
+                it.removed_comm.as_str(),
+                it.removed_pid
+            ),
+            (Kind::File, Op::Unlink, "agent", 4242)
+        );
+        assert!(t < it.target_t && it.target_t < it.removed_t);
+        // The file, and the directory it needs, as they were; nothing else.
+        assert_eq!(
+            it.changes
+                .iter()
+                .map(|c| (c.mark.symbol(), c.path.display().to_string()))
+                .collect::<Vec<_>>(),
+            ch(&[('+', "docs"), ('+', "docs/notes.md")])
+        );
+        let now = s.snap();
+        for p in ["docs", "docs/notes.md"] {
+            assert_eq!(now.get(Path::new(p)), at_t.get(Path::new(p)), "{p}");
+        }
+        assert!(!now.contains_key(Path::new("other")));
+        // It was a restore like any other: undoable.
+        s.restore(before);
+        assert_eq!(s.snap(), state);
+    }
+
+    #[test]
+    fn undelete_follows_a_path_moved_away_with_its_directory() {
+        let s = Sim::new();
+        s.mkdir("docs", 0o755);
+        s.create("docs/x", b"x", 0o644);
+        let (_, at_t) = s.instant();
+        s.rename("docs", "archive");
+        let it = undelete1(&s, "docs/x").unwrap();
+        assert_eq!(it.removed_op, Op::Rename);
+        let now = s.snap();
+        assert_eq!(now.get(Path::new("docs/x")), at_t.get(Path::new("docs/x")));
+        // Nothing is taken from where it went.
+        assert_eq!(
+            now.get(Path::new("archive/x")),
+            at_t.get(Path::new("docs/x"))
+        );
+    }
+
+    #[test]
+    fn undelete_of_a_directory_removed_by_rm_rf_brings_back_the_whole_subtree() {
+        let s = Sim::new();
+        s.mkdir("d", 0o750);
+        s.mkdir("d/sub", 0o700);
+        s.mkdir("d/sub/empty", 0o755);
+        s.create("d/a", b"a", 0o644);
+        s.create("d/sub/b", b"b", 0o600);
+        s.symlink("d/l", "a");
+        s.create("d/stale", b"removed on purpose, long before", 0o644);
+        s.unlink("d/stale");
+        // A change below d: what was removed before it is not part of the rm -rf.
+        s.create("d/fresh", b"made after", 0o644);
+        let (t, at_t) = s.instant();
+        // rm -rf d, depth first, with unrelated activity meanwhile.
+        s.unlink("d/a");
+        s.unlink("d/fresh");
+        s.create("meanwhile", b"m", 0o644);
+        s.unlink("d/l");
+        s.unlink("d/sub/b");
+        s.rmdir("d/sub/empty");
+        s.rmdir("d/sub");
+        s.rmdir("d");
+
+        // One file of it first: that file and its parents only.
+        let it = undelete1(&s, "d/sub/b").unwrap();
+        assert_eq!(
+            it.changes
+                .iter()
+                .map(|c| (c.mark.symbol(), c.path.display().to_string()))
+                .collect::<Vec<_>>(),
+            ch(&[('+', "d"), ('+', "d/sub"), ('+', "d/sub/b")])
+        );
+        // Then the directory: everything it held when the rm -rf began.
+        let it = undelete1(&s, "d").unwrap();
+        assert_eq!((it.kind, it.removed_op), (Kind::Dir, Op::Rmdir));
+        assert!(
+            t < it.target_t,
+            "back to before the rm -rf, not before d/fresh"
+        );
+        let now = s.snap();
+        let d_now: Snap = now
+            .iter()
+            .filter(|(p, _)| p.starts_with("d"))
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        let d_then: Snap = at_t
+            .iter()
+            .filter(|(p, _)| p.starts_with("d"))
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        assert_eq!(d_now, d_then);
+        assert!(!now.contains_key(Path::new("d/stale")));
+        assert!(now.contains_key(Path::new("meanwhile")));
+    }
+
+    #[test]
+    fn a_pause_ends_the_run_of_removals_of_an_rm_rf() {
+        let s = Sim::new();
+        s.mkdir("g", 0o755);
+        s.create("g/old", b"old", 0o644);
+        s.create("g/keep", b"keep", 0o644);
+        s.unlink("g/old");
+        // The rm -rf comes a minute later.
+        s.skew.set(60 * 1_000_000_000);
+        s.unlink("g/keep");
+        s.rmdir("g");
+        undelete1(&s, "g").unwrap();
+        let now = s.snap();
+        assert!(now.contains_key(Path::new("g/keep")));
+        assert!(!now.contains_key(Path::new("g/old")));
+    }
+
+    #[test]
+    fn undelete_gives_the_latest_version_and_displaces_what_is_there() {
+        let s = Sim::new();
+        s.create("f", b"v1", 0o644);
+        s.unlink("f");
+        s.create("f", b"v2", 0o600);
+        let (_, at_v2) = s.instant();
+        s.unlink("f");
+        s.create("f", b"v3, there now", 0o644);
+        let it = undelete1(&s, "f").unwrap();
+        assert_eq!(
+            it.changes
+                .iter()
+                .map(|c| (c.mark.symbol(), c.path.display().to_string()))
+                .collect::<Vec<_>>(),
+            ch(&[('M', "f")])
+        );
+        assert_eq!(s.snap().get(Path::new("f")), at_v2.get(Path::new("f")));
+        // What was there went to the trash, not away.
+        assert!(s
+            .trash_files()
+            .values()
+            .any(|b| b.as_slice() == b"v3, there now"));
+    }
+
+    #[test]
+    fn undelete_of_a_path_never_removed_is_an_error_and_changes_nothing() {
+        let s = Sim::new();
+        s.create("here", b"h", 0o644);
+        s.create("gone", b"g", 0o644);
+        s.unlink("gone");
+        let (jlen, before) = (s.journal_len(), s.snap());
+        let e = undelete(
+            &s.store,
+            &[PathBuf::from("gone"), PathBuf::from("here")],
+            7,
+            "saferoot",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "cannot undelete here: the journal has no record of it being removed"
+        );
+        assert_eq!((s.journal_len(), s.snap()), (jlen, before));
+        let e = undelete1(&s, "nope").unwrap_err().to_string();
+        assert!(e.starts_with("cannot undelete nope:"), "{e}");
+        for bad in [
+            vec![],
+            vec![PathBuf::from(".")],
+            vec![PathBuf::from("../x")],
+        ] {
+            let e = undelete(&s.store, &bad, 7, "saferoot").unwrap_err();
+            assert!(matches!(e, Error::Invalid(_)), "{e}");
+        }
+        // A removal whose content was not kept cannot be undone.
+        fs::write(s.p("lost"), b"l").unwrap();
+        s.rec(s.r(Op::Create, "lost"));
+        fs::remove_file(s.p("lost")).unwrap();
+        s.rec(s.r(Op::Unlink, "lost"));
+        let e = undelete1(&s, "lost").unwrap_err().to_string();
+        assert!(e.contains("without its content being kept"), "{e}");
+    }
+
+    #[test]
+    fn scratch_trees_are_named_not_copied_or_undeleted() {
+        let s = Sim::new();
+        s.create("main.rs", b"fn main() {}", 0o644);
+        // Scratch trees change without journal records, as through the mount.
+        fs::create_dir_all(s.p("target/debug")).unwrap();
+        fs::write(s.p("target/debug/app"), b"binary").unwrap();
+        let (t, _) = s.instant();
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("x");
+        let rep = materialize(&s.store, t, &[], &dest).unwrap();
+        assert_eq!(changes(&rep), ch(&[('+', "main.rs")]));
+        let w = rep.warnings.join("\n");
+        assert!(
+            w.contains("target: a scratch tree") && w.contains("not copied"),
+            "{w}"
+        );
+        assert!(!dest.join("target").exists());
+
+        let rep = diff(&s.store, t, None, &[PathBuf::from("target/debug")]).unwrap();
+        assert!(rep.changes.is_empty());
+        let w = rep.warnings.join("\n");
+        assert!(w.contains("target/debug: in a scratch tree"), "{w}");
+
+        fs::remove_file(s.p("target/debug/app")).unwrap();
+        let e = undelete1(&s, "target/debug/app").unwrap_err().to_string();
+        assert!(e.contains("it is in a scratch tree"), "{e}");
     }
 }

@@ -188,6 +188,7 @@ impl Store {
             Err(e) => return Err(Error::io("read", &dir_path.join(FORMAT_FILE), e)),
         }
         let journal = Journal::open(dir.as_fd(), &dir_path)?;
+        let hash_cache = crate::hashcache::load(dir.as_fd());
         let project = project.try_clone_to_owned().map_err(|e| Error::Io {
             op: "dup project fd",
             path: project_path.to_owned(),
@@ -201,7 +202,7 @@ impl Store {
             journal,
             made_dirs: Mutex::new(HashSet::new()),
             buckets: Mutex::new((String::new(), HashMap::new())),
-            hash_cache: Mutex::new(HashMap::new()),
+            hash_cache: Mutex::new(hash_cache),
             tmp_seq: std::sync::atomic::AtomicU64::new(0),
         }))
     }
@@ -437,6 +438,11 @@ impl Store {
         c.get(&(st.st_dev, st.st_ino))
             .filter(|e| e.0 == CacheKey::of(st))
             .map(|e| e.1.clone())
+    }
+
+    /// The cache itself, to persist it (hashcache.rs).
+    pub(crate) fn hash_cache(&self) -> &Mutex<crate::hashcache::Map> {
+        &self.hash_cache
     }
 
     pub fn remember_hash(&self, st: &nix::sys::stat::FileStat, hex: &str) {

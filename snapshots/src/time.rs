@@ -8,6 +8,8 @@
 //! 2026-12-03 12:34[:56[.123]]        no zone: local time
 //! 12:34[:56[.123]]                   local time today
 //! 90s  10m  2h  3d  1h30m  [ago]     that long before now (m is minutes)
+//! @N                                 the instant snapshot N was taken (see [`resolve`])
+//! @start                             the start of the current or last `saferoot run`
 //! ```
 //!
 //! The parser is hand-written rather than a list of `strftime` patterns so that every accepted
@@ -15,7 +17,8 @@
 //! What this module does not do: decide whether an instant is covered by the journal (restore
 //! does), or accept dates without a time (is "2026-12-03" its first or its last instant?).
 
-use crate::{Error, Result};
+use crate::journal::{self, Op};
+use crate::{manifest, Error, Result, Store};
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 
 const NS_PER_SEC: i64 = 1_000_000_000;
@@ -24,6 +27,37 @@ const NS_PER_SEC: i64 = 1_000_000_000;
 const FORMS: &str = "expected RFC 3339 (2026-12-03T12:34:56Z, 2026-12-03T12:34:56.5+01:00), \
                      local `YYYY-MM-DD HH:MM[:SS[.frac]]`, `HH:MM[:SS[.frac]]` (today), \
                      or an age like `90s`, `10m`, `2h`, `3d`, `1h30m` (optionally followed by `ago`)";
+
+/// Resolve any TIME a person can type: `@N` (the instant snapshot N was taken), `@start` (the
+/// start of the newest `saferoot run` session, current or finished), or anything
+/// [`parse_time`] reads. Only the `@` forms look at the store.
+pub fn resolve(store: &Store, s: &str, now_ns: i64) -> Result<i64> {
+    let input = s.trim();
+    let Some(name) = input.strip_prefix('@') else {
+        return parse_time(s, now_ns);
+    };
+    if name == "start" {
+        let (records, _) = journal::read(store.dir(), store.dir_path())?;
+        return records
+            .iter()
+            .filter(|r| r.op == Op::Run)
+            .map(|r| r.t)
+            .max()
+            .ok_or_else(|| Error::Invalid("no `saferoot run` session recorded yet".into()));
+    }
+    if !name.is_empty() && name.bytes().all(|c| c.is_ascii_digit()) {
+        return match name.parse::<u64>() {
+            Ok(n) => manifest::info(store, n).map(|i| i.t),
+            Err(_) => Err(Error::Invalid(format!(
+                "no snapshot {name}; `saferoot snapshots` lists them"
+            ))),
+        };
+    }
+    Err(Error::Invalid(format!(
+        "cannot read time {s:?}: after `@` give a snapshot number (`@3`, see `saferoot \
+         snapshots`) or `start` (the start of the last `saferoot run`)"
+    )))
+}
 
 /// Parse a point in time typed by a person, relative to `now_ns` (UTC ns since the epoch) and
 /// in the machine's local time zone (the `TZ` environment variable is honoured). Returns UTC
@@ -606,5 +640,83 @@ mod tests {
         // Local-time output parses back to the same millisecond.
         assert_eq!(p(&format_local_short_in(t, &plus1())).unwrap(), t - 456_789);
         assert_eq!(format_local_short(t).len(), "2026-12-03 13:34:56.123".len());
+    }
+
+    fn store() -> (tempfile::TempDir, std::os::fd::OwnedFd, Store) {
+        let t = tempfile::tempdir().unwrap();
+        let fd: std::os::fd::OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let s = Store::open_or_create(std::os::fd::AsFd::as_fd(&fd), t.path()).unwrap();
+        (t, fd, s)
+    }
+
+    #[test]
+    fn resolve_snapshot_numbers() {
+        let (t, _fd, s) = store();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        let one = manifest::take(&s, "manual").unwrap();
+        let two = manifest::take(&s, "manual").unwrap();
+        assert_eq!((one.n, two.n), (1, 2));
+        let now = crate::now_ns();
+        assert_eq!(resolve(&s, "@1", now).unwrap(), one.t);
+        assert_eq!(resolve(&s, " @2 ", now).unwrap(), two.t);
+        for bad in ["@3", "@0", "@99999999999999999999999"] {
+            let e = resolve(&s, bad, now).unwrap_err().to_string();
+            assert!(
+                e.starts_with("no snapshot ") && e.ends_with("; `saferoot snapshots` lists them"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            resolve(&s, "@3", now).unwrap_err().to_string(),
+            "no snapshot 3; `saferoot snapshots` lists them"
+        );
+        for bad in ["@", "@x", "@1a", "@-1", "@Start"] {
+            let e = resolve(&s, bad, now).unwrap_err().to_string();
+            assert!(e.contains("after `@` give a snapshot number"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn resolve_start_is_the_newest_run() {
+        let (_t, _fd, s) = store();
+        let now = crate::now_ns();
+        assert_eq!(
+            resolve(&s, "@start", now).unwrap_err().to_string(),
+            "no `saferoot run` session recorded yet"
+        );
+        let run = |t: i64| crate::journal::Record {
+            note: Some("pi --yolo".into()),
+            ..crate::journal::Record::new(t, Op::Run, ".", 1, "saferoot")
+        };
+        s.journal().append(&run(now - 300)).unwrap();
+        s.journal().append(&run(now - 100)).unwrap();
+        // Written later but older (a clock step): the newest instant wins, not the last line.
+        s.journal().append(&run(now - 200)).unwrap();
+        s.journal()
+            .append(&crate::journal::Record::new(
+                now - 50,
+                Op::Mount,
+                ".",
+                1,
+                "saferoot",
+            ))
+            .unwrap();
+        assert_eq!(resolve(&s, "@start", now).unwrap(), now - 100);
+    }
+
+    #[test]
+    fn resolve_passes_other_forms_to_parse_time() {
+        let (_t, _fd, s) = store();
+        let now = now();
+        assert_eq!(
+            resolve(&s, "10m", now).unwrap(),
+            parse_time("10m", now).unwrap()
+        );
+        assert_eq!(
+            resolve(&s, "2026-12-03T12:00:00Z", now).unwrap(),
+            utc(2026, 12, 3, 12, 0, 0)
+        );
+        let e = resolve(&s, "yesterday", now).unwrap_err().to_string();
+        assert!(e.contains("cannot read time \"yesterday\""), "{e}");
     }
 }

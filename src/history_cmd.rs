@@ -1,0 +1,166 @@
+//! The commands that look into the past without going back to it: `restore --to DEST`,
+//! `diff`, and `undelete` (which does change the tree, but only the paths it is given).
+//!
+//! Everything here is formatting and argument resolution at the CLI edge; the work is done by
+//! `saferoot_snapshots::restore` (`materialize`, `diff`, `undelete`). What this module does not
+//! do: decide what a change or a deletion is (the library does), or print more than one line on
+//! stderr for an error (`cli::main` prints the first line of the error chain).
+
+use crate::cli::{self, open_store, project_relative};
+use crate::control::{self, Request};
+use crate::snapshot_cmd::resolve_time;
+use anyhow::Result;
+use saferoot_snapshots::restore;
+use saferoot_snapshots::{now_ns, time, Kind, Store};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const UNDELETE_HELP: &str = "For each PATH, saferoot finds the most recent change that \
+removed it (rm, rmdir, a rename that moved it away or replaced it, or a restore that displaced \
+it) and restores PATH alone to the instant just before. A directory removed by `rm -rf` comes \
+back with everything it held when the `rm -rf` began. Whatever is at PATH now is moved to the \
+trash first, and the undelete is journaled like a restore: `saferoot restore` to the instant \
+before it undoes it. PATHs are relative to the current directory, or absolute, inside DIR.";
+
+/// `diff --help`: the marks, the PATH syntax, and the TIME forms.
+pub fn diff_help() -> String {
+    format!(
+        "Marks: + exists at T2 only, - exists at T1 only, M other content (or symlink target), \
+m other permission bits only, T other type of file. Paths are sorted. Give paths after `--` to \
+see only them and what is below them: `saferoot diff 10:42 -- src notes.md`, \
+`saferoot diff @1 @start -- src`. Nothing is changed.\n\n{}",
+        cli::TIME_HELP
+    )
+}
+
+/// The store, reusing one `resolve_time` had to open for an `@` form.
+fn store_for(dir: &Path, opened: Option<(Store, bool)>) -> Result<(Store, bool)> {
+    match opened {
+        Some(o) => Ok(o),
+        None => open_store(dir),
+    }
+}
+
+fn at(t: i64) -> String {
+    format!(
+        "{} ({} local)",
+        time::format_utc(t),
+        time::format_local_short(t)
+    )
+}
+
+/// `saferoot restore --to DEST TIME [PATH…]`.
+pub fn restore_to(dir: &Path, dest: &Path, when: &str, paths: &[PathBuf]) -> Result<i32> {
+    let (t, opened) = resolve_time(dir, when, now_ns())?;
+    let rel = project_relative(dir, paths)?;
+    let (store, _) = store_for(dir, opened)?;
+    let report = restore::materialize(&store, t, &rel, dest)?;
+    let shown = std::path::absolute(dest).unwrap_or_else(|_| dest.to_owned());
+    println!(
+        "saferoot: wrote {} as it was at {} into {}",
+        dir.display(),
+        at(t),
+        shown.display()
+    );
+    for w in &report.warnings {
+        eprintln!("saferoot: warning: {w}");
+    }
+    println!(
+        "saferoot: {} path(s) written; {} was not changed",
+        report.changes.len(),
+        dir.display()
+    );
+    Ok(0)
+}
+
+/// `saferoot diff [--json] T1 [T2] [-- PATH…]`.
+pub fn diff(dir: &Path, json: bool, t1: &str, t2: Option<&str>, paths: &[PathBuf]) -> Result<i32> {
+    let now = now_ns();
+    let (a, opened) = resolve_time(dir, t1, now)?;
+    let (b, opened) = match t2 {
+        Some(s) => {
+            let (b, o) = resolve_time(dir, s, now)?;
+            (Some(b), opened.or(o))
+        }
+        None => (None, opened),
+    };
+    let rel = project_relative(dir, paths)?;
+    let (store, _) = store_for(dir, opened)?;
+    let report = restore::diff(&store, a, b, &rel)?;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    for c in &report.changes {
+        if json {
+            let v = serde_json::json!({
+                "mark": c.mark.symbol().to_string(),
+                "path": c.path.to_string_lossy(),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(out, "{} {}", c.mark.symbol(), c.path.display())?;
+        }
+    }
+    for w in &report.warnings {
+        eprintln!("saferoot: warning: {w}");
+    }
+    Ok(0)
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::File => "file",
+        Kind::Dir => "directory",
+        Kind::Symlink => "symlink",
+        Kind::Fifo => "fifo",
+        Kind::Socket => "socket",
+        Kind::CharDev => "character device",
+        Kind::BlockDev => "block device",
+    }
+}
+
+/// `saferoot undelete PATH…`.
+pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
+    let rel = project_relative(dir, paths)?;
+    let (store, mounted) = open_store(dir)?;
+    let now = now_ns();
+    let report = restore::undelete(&store, &rel, std::process::id(), "saferoot")?;
+    if mounted {
+        let changed: Vec<PathBuf> = report
+            .items
+            .iter()
+            .flat_map(|i| i.changes.iter().map(|c| c.path.clone()))
+            .collect();
+        if !changed.is_empty() {
+            let _ = control::call(dir, &Request::Invalidate { paths: changed });
+        }
+    }
+    for it in &report.items {
+        println!(
+            "saferoot: brought back {} ({}, removed at {} by {}[{}], {}) as it was at {}",
+            it.path.display(),
+            kind_name(it.kind),
+            time::format_utc(it.removed_t),
+            it.removed_comm,
+            it.removed_pid,
+            it.removed_op.name(),
+            at(it.target_t)
+        );
+        if it.changes.is_empty() {
+            println!("saferoot: {} is already as it was then", it.path.display());
+        }
+        for c in &it.changes {
+            println!("{} {}", c.mark.symbol(), c.path.display());
+        }
+    }
+    for w in &report.warnings {
+        eprintln!("saferoot: warning: {w}");
+    }
+    if report.items.iter().any(|i| !i.changes.is_empty()) {
+        println!(
+            "saferoot: what was in the way is in {}/.saferoot/trash (undo with `saferoot restore {}`)",
+            dir.display(),
+            time::format_utc(now)
+        );
+    }
+    Ok(0)
+}
