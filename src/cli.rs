@@ -5,7 +5,7 @@ use crate::control::{self, Request};
 use crate::mounts;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use saferoot_snapshots::{journal, restore, time, Store};
+use saferoot_snapshots::{journal, restore, time, Op, Store};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -492,6 +492,10 @@ fn log(dir: &Path, json: bool, since: Option<&str>, paths: &[PathBuf]) -> Result
                 "target": r.target.as_ref().map(|p| p.to_string_lossy()),
                 "target_time": r.target_t.map(time::format_utc),
                 "note": r.note,
+                "old_mode": r.old_mode.map(|m| format!("{:o}", m & 0o7777)),
+                "size": r.size,
+                "ino": r.ino,
+                "snapshot": r.snapshot,
             });
             writeln!(out, "{v}")?;
         } else {
@@ -580,7 +584,30 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         pid: std::process::id(),
         comm: "saferoot".into(),
     };
-    let report = restore::restore(&store, &opts)?;
+    let report = match restore::restore(&store, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            // A restore that fails part-way has journaled every change it made: say how to
+            // undo them, and make the mount show them.
+            let (recs, _) = journal::read(store.dir(), store.dir_path()).unwrap_or_default();
+            let mine: Vec<PathBuf> = recs
+                .iter()
+                .filter(|r| r.t >= now && r.pid == std::process::id() && r.op != Op::Restore)
+                .flat_map(|r| std::iter::once(r.path.clone()).chain(r.to.clone()))
+                .collect();
+            if mine.is_empty() {
+                return Err(e.into());
+            }
+            if mounted {
+                let _ = control::call(dir, &Request::Invalidate { paths: mine });
+            }
+            bail!(
+                "{e}; the restore stopped after changing some paths: undo that with \
+                 `saferoot restore {}`",
+                time::format_utc(now)
+            );
+        }
+    };
     println!(
         "saferoot: {} {} to {} ({} local)",
         if dry_run { "would restore" } else { "restored" },

@@ -70,7 +70,6 @@ struct Running {
     shared: Arc<Shared>,
     ctl: OwnedFd,
     notifier: fuser::Notifier,
-    unmounter: Mutex<fuser::SessionUnmounter>,
     started_ns: i64,
 }
 
@@ -225,11 +224,10 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     config.acl = SessionACL::All;
     config.n_threads = Some(threads);
     config.clone_fd = true;
-    let mut session = fuser::Session::new(fs, dir, &config)
+    let session = fuser::Session::new(fs, dir, &config)
         .with_context(|| format!("mount FUSE over {}", dir.display()))?;
     record(&store, Op::Mount);
     let notifier = session.notifier();
-    let unmounter = session.unmount_callable();
     Ok((
         session,
         Running {
@@ -237,7 +235,6 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
             shared,
             ctl,
             notifier,
-            unmounter: Mutex::new(unmounter),
             started_ns: now_ns(),
         },
     ))
@@ -245,15 +242,17 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
 
 fn unmount(r: &Running, lazy: bool) -> Result<()> {
     let _ = r.shared.store().journal().sync();
-    if lazy {
-        nix::mount::umount2(&r.dir, nix::mount::MntFlags::MNT_DETACH)
-            .with_context(|| format!("unmount {}", r.dir.display()))?;
-        return Ok(());
-    }
-    let mut u = r.unmounter.lock().unwrap_or_else(|p| p.into_inner());
-    match u.unmount() {
+    // umount2 directly: fuser's SessionUnmounter gives up its handle on the first attempt, so
+    // after one EBUSY it would never try again. Once the kernel drops the mount, the session
+    // loop sees ENODEV and ends.
+    let flags = if lazy {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    match nix::mount::umount2(&r.dir, flags) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => bail!(
+        Err(nix::errno::Errno::EBUSY) => bail!(
             "{} is busy: a process still has its working directory or open files under it \
              (close them, or use `saferoot umount --lazy`)",
             r.dir.display()

@@ -25,7 +25,11 @@ fn run_rm_rf_then_restore_gives_back_the_exact_tree() {
 
     let log = p.log_json();
     // The snapshot taken at mount comes first, then the mount, then the run.
-    let ops: Vec<&str> = log.iter().take(3).map(|r| r["op"].as_str().unwrap()).collect();
+    let ops: Vec<&str> = log
+        .iter()
+        .take(3)
+        .map(|r| r["op"].as_str().unwrap())
+        .collect();
     assert_eq!(ops, ["snapshot", "mount", "run"]);
     let first = &log[1];
     // Every file that was deleted appears as an unlink by `rm`, with where it is kept.

@@ -744,9 +744,10 @@ impl Shared {
         .map_err(errno)?;
         let walk_root = PathBuf::from(format!("/proc/self/fd/{}", top.as_raw_fd()));
         let mut out = Vec::new();
+        // Parents before children, reversed at the end: every entry's record then comes
+        // before its directory's `rmdir`.
         for e in walkdir::WalkDir::new(&walk_root)
             .min_depth(1)
-            .contents_first(true)
             .follow_links(false)
         {
             let e = e.map_err(|e| {
@@ -769,6 +770,7 @@ impl Shared {
                     .map_err(errno)?;
             out.push(one(pfd.as_fd(), e.file_name(), &rel.join(sub), &est)?);
         }
+        out.reverse();
         out.push(one(dir, name, rel, st)?);
         Ok(out)
     }

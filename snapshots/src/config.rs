@@ -50,7 +50,9 @@ impl Pattern {
             None => (false, body),
         };
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(bad("must be a single directory name, like `target/` or `/build/`"));
+            return Err(bad(
+                "must be a single directory name, like `target/` or `/build/`",
+            ));
         }
         if name == crate::store::STORE_DIR {
             return Err(bad("the store itself cannot be scratch"));
@@ -177,8 +179,14 @@ mod tests {
         let c = Config::default();
         assert!(c.is_scratch(Path::new("target"), true));
         assert!(c.is_scratch(Path::new("target/debug/app"), false));
-        assert!(!c.is_scratch(Path::new("target"), false), "a file named target is protected");
-        assert!(!c.is_scratch(Path::new("src/target/x"), false), "/target/ is anchored");
+        assert!(
+            !c.is_scratch(Path::new("target"), false),
+            "a file named target is protected"
+        );
+        assert!(
+            !c.is_scratch(Path::new("src/target/x"), false),
+            "/target/ is anchored"
+        );
         assert!(c.is_scratch(Path::new("web/node_modules/x/index.js"), false));
         assert!(c.is_scratch(Path::new("a/b/__pycache__/m.pyc"), false));
         assert!(!c.is_scratch(Path::new(".env"), false));
@@ -192,7 +200,10 @@ mod tests {
         assert!(c.is_scratch(Path::new("x/build-release/o"), false));
         assert!(c.is_scratch(Path::new("dist/a"), false));
         assert!(!c.is_scratch(Path::new("x/dist/a"), false));
-        assert!(!c.is_scratch(Path::new("target/a"), false), "the list replaces the defaults");
+        assert!(
+            !c.is_scratch(Path::new("target/a"), false),
+            "the list replaces the defaults"
+        );
         assert_eq!(Config::parse("").unwrap(), Config::default());
         assert!(Config::parse("scratch = []").unwrap().scratch.is_empty());
     }

@@ -24,11 +24,12 @@ use std::path::{Path, PathBuf};
 /// Errors name the operation and the path they happened on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op} {}: {source}", path.display())]
+    // The cause is part of the message (and deliberately not a `#[source]`, which would make
+    // error-chain printers repeat it).
+    #[error("{op} {}: {}", path.display(), strip_os_error(source))]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
         source: std::io::Error,
     },
     #[error("{}: {what}", path.display())]
@@ -57,6 +58,15 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// "No such file or directory (os error 2)" → "No such file or directory".
+pub fn strip_os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
 
 /// Current UTC time in nanoseconds since the Unix epoch.
 pub fn now_ns() -> i64 {

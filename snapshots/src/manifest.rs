@@ -43,7 +43,7 @@
 //! - Escaping (paths and symlink targets are bytes): `\` is written `\\`; bytes below 0x20,
 //!   0x7f, and bytes that are not part of valid UTF-8 are written `\xHH`. Every line is
 //!   therefore valid UTF-8 without tabs or newlines, and `grep` finds ordinary paths as they are.
-//! - About 130 bytes per entry (100,000 files ≈ 13 MB).
+//! - About 115 bytes per entry (100,000 small files in 1,000 directories: 11.6 MB).
 //! - Written to `.saferoot/tmp/`, fsynced, then renamed (never over an existing manifest) into
 //!   `snapshots/`, and the directory fsynced; only then is the `snapshot` journal record
 //!   appended. [`load`] refuses a file whose footer is missing or whose checksum does not

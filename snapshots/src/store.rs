@@ -368,7 +368,8 @@ impl Store {
             "obj.{}.{}.{}",
             std::process::id(),
             crate::now_ns(),
-            self.tmp_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            self.tmp_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let dst = nix::fcntl::openat(
             self.dir.as_fd(),
@@ -741,7 +742,12 @@ mod tests {
         let h2 = s.put_object(f.as_fd()).unwrap();
         assert_eq!(h1, h2);
         // The staging copy of the duplicate was dropped.
-        assert_eq!(std::fs::read_dir(t.path().join(".saferoot/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(t.path().join(".saferoot/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
         // A pre-image of an unchanged file is found through the hash cache.
         let st = nix::sys::stat::fstat(f.as_fd()).unwrap();
         assert_eq!(s.preimage(f.as_fd(), &st).unwrap(), h1);
