@@ -252,3 +252,75 @@ fn directory_moved_into_scratch_is_kept_whole() {
     want.retain(|k, _| !k.starts_with("node_modules/src"));
     assert_same_tree(&want, &now);
 }
+
+/// A write through one hard link changes every name of the inode; restore brings back the
+/// earlier content under all of them.
+#[test]
+fn writes_through_a_hard_link_are_undone_under_every_name() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    assert_ok(&p.sh("echo one > a && ln a b && mkdir d && ln a d/c"));
+    let before = digest(p.dir());
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    assert_ok(&p.sh("echo two >> b && chmod 600 d/c"));
+    assert_eq!(std::fs::read(p.dir().join("a")).unwrap(), b"one\ntwo\n");
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    let to = dest.path().join("t");
+    assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), &t0]));
+    assert_same_tree(&before, &digest(&to));
+    assert_ok(&p.run(&["restore", &t0]));
+    assert_same_tree(&before, &digest(p.dir()));
+    p.umount();
+}
+
+/// An instant in the middle of a write session (a file held open for writing) gives the file
+/// as it was when the session began; an instant after the session gives what it wrote.
+#[test]
+fn a_file_being_written_at_the_instant_is_restored_as_before_the_session() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::write(p.dir().join("log.txt"), b"before\n").unwrap();
+    p.mount();
+    let script = r#"
+import sys, time, datetime
+def now():
+    t = time.time_ns()
+    return datetime.datetime.fromtimestamp(t // 10**9, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S') + '.%09dZ' % (t % 10**9)
+f = open('log.txt', 'a')
+f.write('first\n'); f.flush()
+time.sleep(0.02); print(now()); time.sleep(0.02)
+f.write('second\n'); f.close()
+time.sleep(0.02); print(now())
+"#;
+    let o = std::process::Command::new("python3")
+        .args(["-c", script])
+        .current_dir(p.dir())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let out = stdout(&o);
+    let times: Vec<&str> = out.lines().collect();
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    for (t, want) in [
+        (times[0], &b"before\n"[..]),
+        (times[1], b"before\nfirst\nsecond\n"),
+    ] {
+        let to = dest.path().join(t);
+        assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), t]));
+        assert_eq!(std::fs::read(to.join("log.txt")).unwrap(), want, "at {t}");
+    }
+    p.umount();
+}

@@ -289,6 +289,7 @@ impl Shared {
                     mode: Some(st.st_mode),
                     size: Some(st.st_size as u64),
                     ino: Some(st.st_ino),
+                    links: (st.st_nlink > 1).then_some(st.st_nlink as u64),
                     object: Some(h),
                     ..Record::new(now_ns(), Op::Write, self.node_rel(node), 0, "")
                 },
@@ -298,9 +299,24 @@ impl Shared {
         Ok(())
     }
 
-    fn end_write(&self, node: &Node) {
+    /// A writer of `node` closed. When the last one of a versioned file closes, journal the
+    /// end of the write session.
+    fn end_write(&self, req: &Request, node: &Node) {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
         *w = w.saturating_sub(1);
+        if *w == 0 && node.fmt == libc::S_IFREG {
+            let rel = self.node_rel(node);
+            if !self.is_scratch(&rel, false) {
+                self.journal(
+                    req,
+                    Record {
+                        kind: Some(Kind::File),
+                        ino: Some(node.ino),
+                        ..Record::new(now_ns(), Op::Close, rel, 0, "")
+                    },
+                );
+            }
+        }
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
@@ -1219,6 +1235,7 @@ impl Filesystem for SaferootFs {
                         old_mode: mode.map(|_| before.st_mode),
                         size,
                         ino: Some(after.st_ino),
+                        links: (after.st_nlink > 1).then_some(after.st_nlink as u64),
                         object: kept,
                         ..Record::new(now_ns(), Op::Setattr, rel, 0, "")
                     },
@@ -1653,7 +1670,7 @@ impl Filesystem for SaferootFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -1668,7 +1685,7 @@ impl Filesystem for SaferootFs {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
         if let Some(w) = file.as_ref().and_then(|f| f.writer_of.as_ref()) {
-            self.shared.end_write(w);
+            self.shared.end_write(req, w);
         }
         if let Some(node) = file.and_then(|f| {
             f.backing_of

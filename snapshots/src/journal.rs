@@ -66,6 +66,10 @@ pub enum Op {
     /// records (`unlink` to trash for what it displaced, `create`/`mkdir`/`symlink` for what it
     /// put back), so a later restore can undo it like any other change.
     Restore,
+    /// The last handle open for writing on `path` (inode `ino`) was closed: the write session
+    /// that began with the matching `write` record ended. Restore uses it to tell whether a
+    /// file was being written at an instant.
+    Close,
     /// Marker: a `saferoot run` session started (`note` holds the command). `@start` is the
     /// newest of these.
     Run,
@@ -90,6 +94,7 @@ impl Op {
             Op::Setattr => "setattr",
             Op::Write => "write",
             Op::Restore => "restore",
+            Op::Close => "close",
             Op::Run => "run",
             Op::Snapshot => "snapshot",
         }
@@ -153,6 +158,10 @@ pub struct Record {
     /// Backing inode number: file identity across renames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ino: Option<u64>,
+    /// The inode's link count, when it has other names (> 1): a change to it shows under
+    /// every one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<u64>,
     /// Where the old bytes are, relative to the store directory.
     #[serde(
         with = "relpath::opt",
@@ -203,6 +212,7 @@ impl Record {
             old_mode: None,
             size: None,
             ino: None,
+            links: None,
             trash: None,
             object: None,
             target: None,

@@ -797,15 +797,57 @@ fn trees_at(
     };
     let mut next = past.records.len();
     let mut out: Vec<Option<(Tree, Vec<String>)>> = vec![None; instants.len()];
+    let sessions = write_sessions(&past.records);
     for i in order {
         let t = instants[i];
         while next > 0 && past.records[next - 1].t > t {
             next -= 1;
             rb.undo(&past.records[next])?;
         }
-        out[i] = Some((rb.tree.clone(), rb.warnings(past.corrupt, t)));
+        // A file in the middle of a write session at t is as it was when the session began.
+        let open: Vec<&Record> = sessions
+            .iter()
+            .filter(|(w, end)| w.t <= t && t < *end)
+            .map(|(w, _)| *w)
+            .collect();
+        if open.is_empty() {
+            out[i] = Some((rb.tree.clone(), rb.warnings(past.corrupt, t)));
+        } else {
+            let saved = rb.tree.clone();
+            for w in open {
+                for p in rb.same_inode(w, &w.path) {
+                    rb.undo_change_at(&p, w)?;
+                }
+            }
+            out[i] = Some((
+                std::mem::replace(&mut rb.tree, saved),
+                rb.warnings(past.corrupt, t),
+            ));
+        }
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// Each `write` record that kept a pre-image, with the instant its write session ended: the
+/// next `close` of the same inode, else the next mount or unmount (a daemon that stopped
+/// closed every file), else never (still open).
+fn write_sessions(records: &[Record]) -> Vec<(&Record, i64)> {
+    let mut out = Vec::new();
+    for (i, w) in records.iter().enumerate() {
+        if w.op != Op::Write || w.object.is_none() {
+            continue;
+        }
+        let end = records[i + 1..]
+            .iter()
+            .find(|r| {
+                (r.op == Op::Close && r.ino == w.ino && w.ino.is_some())
+                    || matches!(r.op, Op::Mount | Op::Umount)
+            })
+            .map(|r| r.t)
+            .unwrap_or(i64::MAX);
+        out.push((w, end));
+    }
+    out
 }
 
 fn one_tree(store: &Store, past: &Past, live: &Tree, t: i64) -> Result<(Tree, Vec<String>)> {
@@ -1171,7 +1213,7 @@ impl Rollback<'_> {
     fn undo(&mut self, r: &Record) -> Result<()> {
         if matches!(
             r.op,
-            Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot
+            Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot | Op::Close
         ) {
             return Ok(());
         }
@@ -1223,35 +1265,76 @@ impl Rollback<'_> {
                 put_subtree(&mut self.tree, &to, a);
             }
             Op::Setattr | Op::Write => {
-                let content_changed = r.op == Op::Write || r.size.is_some();
-                let object = match (&r.object, content_changed) {
-                    (Some(hex), true) => self.object_node(hex, 0)?,
-                    _ => None,
-                };
-                let Some(n) = self.tree.get_mut(&path) else {
+                // A change to an inode shows under every name it has: apply the undo to
+                // every entry with the record's inode (hard links, and a name the record does
+                // not know), falling back to the record's path when the identity is unknown.
+                let targets = self.same_inode(r, &path);
+                if targets.is_empty() {
                     self.mismatches += 1;
                     return Ok(());
-                };
-                if n.unknown() {
-                    return Ok(());
                 }
-                if let Some(old) = r.old_mode {
-                    n.perm = old & 0o7777;
+                for p in targets {
+                    self.undo_change_at(&p, r)?;
                 }
-                if content_changed && n.kind == Kind::File {
-                    match object {
-                        // The content before this change was kept: read it from there.
-                        Some(o) => {
-                            n.src = o.src;
-                            n.size = o.size;
-                            n.mtime = None;
-                            n.written = None;
-                        }
-                        // The oldest such write after the instant wins: walking backwards,
-                        // it comes last.
-                        None => n.written = Some(r.t),
-                    }
+            }
+            Op::Close => {}
+        }
+        Ok(())
+    }
+
+    /// The entries a `write`/`setattr` record is about: those with its inode, or its path.
+    fn same_inode(&self, r: &Record, path: &Path) -> Vec<PathBuf> {
+        // The common case: the inode has one name and the record names it.
+        if r.links.unwrap_or(1) <= 1 {
+            if let Some(e) = self.tree.get(path) {
+                if r.ino.is_none_or(|i| i == 0 || e.ino == 0 || e.ino == i) {
+                    return vec![path.to_owned()];
                 }
+            }
+        }
+        let mut v: Vec<PathBuf> = match r.ino {
+            Some(ino) if ino != 0 => self
+                .tree
+                .iter()
+                .filter(|(_, e)| e.ino == ino && !e.unknown())
+                .map(|(p, _)| p.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if v.is_empty() && self.tree.contains_key(path) {
+            v.push(path.to_owned());
+        }
+        v
+    }
+
+    /// Undo a `write` or `setattr` record on the entry at `path`.
+    fn undo_change_at(&mut self, path: &Path, r: &Record) -> Result<()> {
+        let content_changed = r.op == Op::Write || r.size.is_some();
+        let object = match (&r.object, content_changed) {
+            (Some(hex), true) => self.object_node(hex, 0)?,
+            _ => None,
+        };
+        let Some(n) = self.tree.get_mut(path) else {
+            return Ok(());
+        };
+        if n.unknown() {
+            return Ok(());
+        }
+        if let Some(old) = r.old_mode {
+            n.perm = old & 0o7777;
+        }
+        if content_changed && n.kind == Kind::File {
+            match object {
+                // The content before this change was kept: read it from there.
+                Some(o) => {
+                    n.src = o.src;
+                    n.size = o.size;
+                    n.mtime = None;
+                    n.written = None;
+                }
+                // The oldest such write after the instant wins: walking backwards,
+                // it comes last.
+                None => n.written = Some(r.t),
             }
         }
         Ok(())
@@ -1269,7 +1352,13 @@ impl Rollback<'_> {
             return self.insert_trash(p, tr, &when);
         }
         if let Some(hex) = &r.object {
-            let perm = r.mode.unwrap_or(0o644) & 0o7777;
+            // A rename record's `mode` is the moving file's; the replaced one's is `old_mode`.
+            let mode = if r.op == Op::Rename {
+                r.old_mode.or(r.mode)
+            } else {
+                r.mode
+            };
+            let perm = mode.unwrap_or(0o644) & 0o7777;
             let n = self.object_node(hex, perm)?.unwrap_or_else(|| {
                 Entry::bare(
                     Kind::File,
@@ -2265,14 +2354,22 @@ mod tests {
 
         /// Rewrite `rel` in place, keeping its previous content as an object first (the
         /// pre-image), as the FUSE layer does on the first open for writing.
+        /// A whole write session, as the FUSE layer journals it: `write` with the pre-image
+        /// when the file is opened for writing, `close` when it is closed.
         fn write(&self, rel: &str, bytes: &[u8]) {
             let f = fs::File::open(self.p(rel)).unwrap();
             let hex = self.store.put_object(f.as_fd()).unwrap();
+            let ino = f.metadata().unwrap().ino();
             drop(f);
-            fs::write(self.p(rel), bytes).unwrap();
             self.rec(Record {
                 object: Some(hex),
+                ino: Some(ino),
                 ..self.r(Op::Write, rel)
+            });
+            fs::write(self.p(rel), bytes).unwrap();
+            self.rec(Record {
+                ino: Some(ino),
+                ..self.r(Op::Close, rel)
             });
         }
 

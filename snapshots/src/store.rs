@@ -461,15 +461,23 @@ impl Store {
             }
         }
         let h = self.put_object(fd)?;
-        // Remember the hash only if the file did not change while we copied it.
+        // Remember the hash only if the file did not change while we copied it, and only if
+        // its ctime is old enough that a write in the same timestamp tick (which would leave
+        // size, mtime and ctime as they are) cannot still come: otherwise the next pre-image
+        // would wrongly reuse this object and lose the version in between.
         if let Ok(after) = nix::sys::stat::fstat(fd) {
-            if CacheKey::of(&after) == CacheKey::of(st) {
+            let key = CacheKey::of(st);
+            if CacheKey::of(&after) == key && crate::now_ns() - key.ctime_ns > RACY_NS {
                 self.remember_hash(st, &h);
             }
         }
         Ok(h)
     }
 }
+
+/// A file changed less than this long ago may change again without its timestamps moving
+/// (coarse timestamp granularity): its hash is not cached.
+pub const RACY_NS: i64 = 100_000_000;
 
 /// What must be unchanged for a cached hash to still describe a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -748,8 +756,12 @@ mod tests {
                 .count(),
             0
         );
-        // A pre-image of an unchanged file is found through the hash cache.
+        // A file changed a moment ago is not cached (a same-tick write could follow)...
         let st = nix::sys::stat::fstat(f.as_fd()).unwrap();
+        assert_eq!(s.preimage(f.as_fd(), &st).unwrap(), h1);
+        assert_eq!(s.cached_hash(&st), None);
+        // ...one that has been quiet for longer is, and is then found without reading it.
+        std::thread::sleep(std::time::Duration::from_nanos(RACY_NS as u64 + 20_000_000));
         assert_eq!(s.preimage(f.as_fd(), &st).unwrap(), h1);
         assert_eq!(s.cached_hash(&st).as_deref(), Some(h1.as_str()));
         assert_eq!(h1, blake3::hash(b"content").to_hex().to_string());
