@@ -139,7 +139,7 @@ impl Config {
             .map_err(|e| Error::Io {
                 op: "read",
                 path: path.clone(),
-                source: e,
+                cause: e,
             })?;
         Config::parse(&text)
     }

@@ -99,7 +99,7 @@ pub(crate) fn save(store: &Store, keep: &HashSet<(u64, u64)>, learned: bool) -> 
         .map_err(|e| Error::Io {
             op: "write hash cache",
             path: shown.clone(),
-            source: e,
+            cause: e,
         })
         .and_then(|()| {
             nix::fcntl::renameat(store.dir(), &tmp, store.dir(), HASHCACHE_FILE)

@@ -72,7 +72,7 @@ fn append(f: &mut std::fs::File, e: &Entry, store: &Store) -> Result<()> {
     f.write_all(&line).map_err(|err| Error::Io {
         op: "append to index",
         path: store.dir_path().join(INDEX_FILE),
-        source: err,
+        cause: err,
     })
 }
 
@@ -100,7 +100,7 @@ pub fn read(store: &Store) -> Result<Vec<Entry>> {
         .map_err(|e| Error::Io {
             op: "read index",
             path: store.dir_path().join(INDEX_FILE),
-            source: e,
+            cause: e,
         })?;
     Ok(buf
         .split(|&c| c == b'\n')
@@ -164,7 +164,7 @@ impl Indexer {
             .map_err(|e| Error::Io {
                 op: "start indexer thread",
                 path: PathBuf::new(),
-                source: e,
+                cause: e,
             })?;
         Ok(Indexer {
             tx: Some(tx),

@@ -271,14 +271,14 @@ impl Journal {
             .map_err(|e| Error::Io {
                 op: "stat journal",
                 path: path.clone(),
-                source: e,
+                cause: e,
             })?
             .len();
         if len == 0 {
             file.write_all(HEADER.as_bytes()).map_err(|e| Error::Io {
                 op: "write journal header",
                 path: path.clone(),
-                source: e,
+                cause: e,
             })?;
         } else if last_byte(store, &path)? != Some(b'\n') {
             // A crash tore the last record. End that line, so the fragment stays one bad
@@ -286,7 +286,7 @@ impl Journal {
             file.write_all(b"\n").map_err(|e| Error::Io {
                 op: "repair journal tail",
                 path: path.clone(),
-                source: e,
+                cause: e,
             })?;
         }
         Ok(Journal {
@@ -303,7 +303,7 @@ impl Journal {
         f.write_all(&line).map_err(|e| Error::Io {
             op: "append to journal",
             path: self.path.clone(),
-            source: e,
+            cause: e,
         })
     }
 
@@ -313,7 +313,7 @@ impl Journal {
         f.sync_all().map_err(|e| Error::Io {
             op: "fsync journal",
             path: self.path.clone(),
-            source: e,
+            cause: e,
         })
     }
 
@@ -371,7 +371,7 @@ pub fn read(store: BorrowedFd<'_>, store_path: &Path) -> Result<(Vec<Record>, Re
         .map_err(|e| Error::Io {
             op: "read journal",
             path: path.clone(),
-            source: e,
+            cause: e,
         })?;
     parse(&buf, &path)
 }

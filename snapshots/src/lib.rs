@@ -24,13 +24,13 @@ use std::path::{Path, PathBuf};
 /// Errors name the operation and the path they happened on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    // The cause is part of the message (and deliberately not a `#[source]`, which would make
-    // error-chain printers repeat it).
-    #[error("{op} {}: {}", path.display(), strip_os_error(source))]
+    // The cause is part of the message and deliberately not named `source` (thiserror would make
+    // it the error source, and error-chain printers would repeat it).
+    #[error("{op} {}: {}", path.display(), strip_os_error(cause))]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: {what}", path.display())]
     Format { path: PathBuf, what: String },
@@ -43,14 +43,14 @@ impl Error {
         Error::Io {
             op,
             path: path.to_owned(),
-            source: std::io::Error::from_raw_os_error(errno as i32),
+            cause: std::io::Error::from_raw_os_error(errno as i32),
         }
     }
 
     /// The errno to hand back to a filesystem caller when this error stops an operation.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::Io { cause, .. } => cause.raw_os_error().unwrap_or(libc::EIO),
             Error::Format { .. } => libc::EIO,
             Error::Invalid(_) => libc::EINVAL,
         }

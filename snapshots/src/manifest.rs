@@ -221,7 +221,7 @@ pub fn info(store: &Store, n: u64) -> Result<SnapshotInfo> {
     let io = |e: std::io::Error| Error::Io {
         op: "read manifest",
         path: shown.clone(),
-        source: e,
+        cause: e,
     };
     r.read_until(b'\n', &mut head).map_err(io)?;
     if head != HEADER.as_bytes() {
@@ -240,7 +240,7 @@ pub fn load(store: &Store, n: u64) -> Result<Manifest> {
         .map_err(|e| Error::Io {
             op: "read manifest",
             path: shown.clone(),
-            source: e,
+            cause: e,
         })?;
     let (meta, entries) = parse(&buf, &shown)?;
     Ok(Manifest {
@@ -758,7 +758,7 @@ fn write_manifest(store: &Store, meta: &Meta, entries: &[ManifestEntry]) -> Resu
         return Err(Error::Io {
             op: "write manifest",
             path: tmp_shown,
-            source: e,
+            cause: e,
         });
     }
     let mut n = numbers(store)?.into_iter().max().unwrap_or(0) + 1;

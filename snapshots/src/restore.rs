@@ -388,7 +388,7 @@ fn materialize_as(
         std::fs::create_dir_all(&dest_real).map_err(|e| Error::Io {
             op: "create directory",
             path: dest_real.clone(),
-            source: e,
+            cause: e,
         })?;
     }
     let root = nix::fcntl::open(
@@ -499,7 +499,7 @@ fn check_dest(store: &Store, dest: &Path) -> Result<(PathBuf, bool)> {
     let abs = std::path::absolute(dest).map_err(|e| Error::Io {
         op: "resolve",
         path: dest.to_owned(),
-        source: e,
+        cause: e,
     })?;
     // The deepest part that exists, with its symlinks resolved, then the rest as given.
     let comps: Vec<Component> = abs.components().collect();
@@ -513,7 +513,7 @@ fn check_dest(store: &Store, dest: &Path) -> Result<(PathBuf, bool)> {
                 return Err(Error::Io {
                     op: "resolve",
                     path: prefix,
-                    source: e,
+                    cause: e,
                 })
             }
         }
@@ -547,7 +547,7 @@ fn check_dest(store: &Store, dest: &Path) -> Result<(PathBuf, bool)> {
         let md = std::fs::metadata(&real).map_err(|e| Error::Io {
             op: "stat",
             path: real.clone(),
-            source: e,
+            cause: e,
         })?;
         if !md.is_dir() {
             return refuse("it exists and is not a directory");
@@ -555,7 +555,7 @@ fn check_dest(store: &Store, dest: &Path) -> Result<(PathBuf, bool)> {
         let mut entries = std::fs::read_dir(&real).map_err(|e| Error::Io {
             op: "read directory",
             path: real.clone(),
-            source: e,
+            cause: e,
         })?;
         if entries.next().is_some() {
             return refuse("it is not empty (give a new or empty directory)");
@@ -1640,7 +1640,7 @@ impl Dirs {
             fd.try_clone().map_err(|e| Error::Io {
                 op: "dup directory fd",
                 path: shown.to_owned(),
-                source: e,
+                cause: e,
             })
         };
         if let Some((p, fd)) = &self.last {
@@ -1702,7 +1702,7 @@ impl<'a> Fs<'a> {
                 .map_err(|e| Error::Io {
                     op: "dup project fd",
                     path: self.shown(Path::new("")),
-                    source: e,
+                    cause: e,
                 })?;
             self.project = Some(Dirs::new(root, self.store.project_path().to_owned()));
         }

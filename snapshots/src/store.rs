@@ -110,7 +110,7 @@ fn write_file_at(dir: BorrowedFd<'_>, name: &str, data: &[u8], shown: &Path) -> 
         .map_err(|e| Error::Io {
             op: "write",
             path: shown.join(name),
-            source: e,
+            cause: e,
         })
 }
 
@@ -192,7 +192,7 @@ impl Store {
         let project = project.try_clone_to_owned().map_err(|e| Error::Io {
             op: "dup project fd",
             path: project_path.to_owned(),
-            source: e,
+            cause: e,
         })?;
         Ok(Some(Store {
             project,
@@ -296,8 +296,8 @@ impl Store {
                 match self.make_dirs(p) {
                     Ok(()) => {}
                     // A file of the same name as one of rel's parents was trashed this second.
-                    Err(Error::Io { ref source, .. })
-                        if matches!(source.raw_os_error(), Some(libc::ENOTDIR)) =>
+                    Err(Error::Io { ref cause, .. })
+                        if matches!(cause.raw_os_error(), Some(libc::ENOTDIR)) =>
                     {
                         continue
                     }
