@@ -289,3 +289,64 @@ fn dry_run_and_path_restricted_restore() {
         b"a"
     );
 }
+
+/// A symlink moved to the trash must never be followed when later deletions of the same
+/// second need a directory of the same name there (it once let an agent make the daemon
+/// move files anywhere, including into the store).
+#[test]
+fn trashed_symlinks_are_never_followed() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let outside = tempfile::Builder::new()
+        .prefix("saferoot-outside.")
+        .tempdir()
+        .unwrap();
+    let script = format!(
+        "ln -s {o} link && rm link && mkdir link && echo evil > link/evil && rm link/evil && \
+         ln -s ../.. up && rm up && mkdir up && echo x > up/planted && rm up/planted && \
+         ln -s nowhere dangling && rm dangling && mkdir dangling && touch dangling/f && rm dangling/f",
+        o = outside.path().display()
+    );
+    let o = p.run(&["run", "--", "sh", "-c", &script]);
+    assert_ok(&o);
+    assert!(
+        !outside.path().join("evil").exists(),
+        "the daemon followed a trashed symlink"
+    );
+    assert!(!p.dir().join(".saferoot/planted").exists());
+    assert!(!p.dir().join("planted").exists());
+    // Every deleted file is in the trash, under its own path.
+    let kept: Vec<String> = walkdir::WalkDir::new(p.dir().join(".saferoot/trash"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for f in ["evil", "planted", "f"] {
+        assert!(kept.iter().any(|k| k == f), "{f} not kept: {kept:?}");
+    }
+}
+
+/// A directory moved to the trash never receives items deleted later in the same second, so
+/// restore does not add files that were not there.
+#[test]
+fn a_trashed_directory_is_not_reused_as_a_container() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::create_dir_all(p.dir().join("d")).unwrap();
+    std::fs::create_dir_all(p.dir().join("e")).unwrap();
+    std::fs::write(p.dir().join("e/x"), b"x").unwrap();
+    p.mount();
+    let before = digest(p.dir());
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    assert_ok(&p.sh("mv -T e d && rm d/x"));
+    assert_ok(&p.run(&["restore", &t0]));
+    assert_same_tree(&before, &digest(p.dir()));
+    p.umount();
+}

@@ -276,6 +276,9 @@ impl Store {
         t_ns: i64,
     ) -> Result<PathBuf> {
         check_relative(rel)?;
+        let leaf = rel
+            .file_name()
+            .ok_or_else(|| Error::Invalid(format!("{} has no file name", rel.display())))?;
         let stamp = trash_stamp(t_ns);
         let start = {
             let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,23 +295,17 @@ impl Store {
                 format!("{stamp}.{n}")
             };
             let dest = Path::new(TRASH_DIR).join(&bucket).join(rel);
-            if let Some(p) = dest.parent() {
-                match self.make_dirs(p) {
-                    Ok(()) => {}
-                    // A file of the same name as one of rel's parents was trashed this second.
-                    Err(Error::Io { ref cause, .. })
-                        if matches!(cause.raw_os_error(), Some(libc::ENOTDIR)) =>
-                    {
-                        continue
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            let container = dest.parent().unwrap_or(Path::new(TRASH_DIR));
+            let Some(dir) = self.container(container)? else {
+                // Something that is not one of our containers is in the way (e.g. an item
+                // trashed this second under one of rel's parent names): next bucket.
+                continue;
+            };
             match nix::fcntl::renameat2(
                 parent,
                 name,
-                self.dir.as_fd(),
-                &dest,
+                dir.as_fd(),
+                leaf,
                 RenameFlags::RENAME_NOREPLACE,
             ) {
                 Ok(()) => {
@@ -318,35 +315,7 @@ impl Store {
                     }
                     return Ok(dest);
                 }
-                Err(Errno::EEXIST) | Err(Errno::ENOTDIR) => continue,
-                Err(Errno::ENOENT) => {
-                    // The trash directory may have been removed behind our back (e.g. by
-                    // retention): forget what we thought existed and retry this bucket once.
-                    let existed = self
-                        .made_dirs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(dest.parent().unwrap_or(Path::new("")));
-                    if existed {
-                        self.make_dirs(dest.parent().unwrap_or(Path::new("")))?;
-                        if nix::fcntl::renameat2(
-                            parent,
-                            name,
-                            self.dir.as_fd(),
-                            &dest,
-                            RenameFlags::RENAME_NOREPLACE,
-                        )
-                        .is_ok()
-                        {
-                            return Ok(dest);
-                        }
-                    }
-                    return Err(Error::io(
-                        "move to trash",
-                        &self.project_path.join(rel),
-                        Errno::ENOENT,
-                    ));
-                }
+                Err(Errno::EEXIST) => continue,
                 Err(e) => return Err(Error::io("move to trash", &self.project_path.join(rel), e)),
             }
         }
@@ -355,6 +324,62 @@ impl Store {
             &self.project_path.join(rel),
             Errno::ENOSPC,
         ))
+    }
+
+    /// Open the trash container directory `rel_dir` (relative to the store, starting with
+    /// `trash/`), creating what is missing, one component at a time and never following a
+    /// symlink. Every component below `trash/` must be a directory this store created as a
+    /// container: anything else already there — an item moved to the trash (whatever its type:
+    /// a trashed symlink must never be followed, a trashed directory must never receive later
+    /// items), or another process's container — is a conflict, and `Ok(None)` tells the caller
+    /// to use another bucket.
+    fn container(&self, rel_dir: &Path) -> Result<Option<OwnedFd>> {
+        let shown = |p: &Path| self.dir_path.join(p);
+        let mut comps = rel_dir.components();
+        if comps.next() != Some(Component::Normal(OsStr::new(TRASH_DIR))) {
+            return Err(Error::Invalid(format!(
+                "{} is not in the trash",
+                rel_dir.display()
+            )));
+        }
+        let nofollow = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut fd = nix::fcntl::openat(self.dir.as_fd(), TRASH_DIR, nofollow, Mode::empty())
+            .map_err(|e| Error::io("open", &shown(Path::new(TRASH_DIR)), e))?;
+        let mut cur = PathBuf::from(TRASH_DIR);
+        for c in comps {
+            cur.push(c);
+            {
+                // Held across check, mkdir and insert, so two threads filling the same new
+                // container do not see each other's directory as a conflict.
+                let mut made = self.made_dirs.lock().unwrap_or_else(|p| p.into_inner());
+                if !made.contains(&cur) {
+                    match nix::sys::stat::mkdirat(
+                        fd.as_fd(),
+                        c.as_os_str(),
+                        Mode::from_bits_truncate(0o700),
+                    ) {
+                        Ok(()) => {
+                            made.insert(cur.clone());
+                        }
+                        Err(Errno::EEXIST) => return Ok(None),
+                        Err(e) => return Err(Error::io("mkdir in trash", &shown(&cur), e)),
+                    }
+                }
+            }
+            fd = match nix::fcntl::openat(fd.as_fd(), c.as_os_str(), nofollow, Mode::empty()) {
+                Ok(f) => f,
+                // Replaced or removed behind our back (by hand, or by retention).
+                Err(Errno::ENOTDIR) | Err(Errno::ELOOP) | Err(Errno::ENOENT) => {
+                    self.made_dirs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&cur);
+                    return Ok(None);
+                }
+                Err(e) => return Err(Error::io("open", &shown(&cur), e)),
+            };
+        }
+        Ok(Some(fd))
     }
 
     /// Copy the content of the open regular file `src` into the object store, named by its
