@@ -246,6 +246,12 @@ pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf> {
         Err(e) if dead(&e) => return Err(dead_msg()),
         Err(e) => bail!("{}: {}", given.display(), strip_os_error(&e)),
     };
+    if p.iter().any(|c| c == saferoot_fuse::STORE_DIR) {
+        bail!(
+            "{} is inside a saferoot store; use the project directory that contains it",
+            given.display()
+        );
+    }
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() => Ok(p),
         Ok(_) => bail!("{} is not a directory", given.display()),
@@ -262,6 +268,25 @@ fn resolve_dir_for_umount(dir: Option<&Path>) -> Result<PathBuf> {
         return Ok(abs);
     }
     resolve_dir(dir)
+}
+
+/// A path for a line of text output: control characters (a newline in a file name could
+/// forge a line) are shown escaped, as `\n`, `\t`, `\u{1b}`…; other bytes that are not
+/// UTF-8 show as U+FFFD.
+pub fn shown(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if !s.chars().any(char::is_control) {
+        return s.into_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// "No such file or directory (os error 2)" → "No such file or directory".
@@ -503,10 +528,10 @@ fn log(dir: &Path, json: bool, since: Option<&str>, paths: &[PathBuf]) -> Result
                 "{}  {:<8} {}",
                 time::format_utc(r.t),
                 r.op.name(),
-                r.path.display()
+                shown(&r.path)
             );
             if let Some(to) = &r.to {
-                line.push_str(&format!(" -> {}", to.display()));
+                line.push_str(&format!(" -> {}", shown(to)));
             }
             if let Some(tt) = r.target_t {
                 line.push_str(&format!(" (to {})", time::format_utc(tt)));
@@ -608,9 +633,13 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
             );
         }
     };
+    let verb = match (dry_run, report.changes.is_empty()) {
+        (true, _) => "would restore",
+        (false, true) => "compared",
+        (false, false) => "restored",
+    };
     println!(
-        "saferoot: {} {} to {} ({} local)",
-        if dry_run { "would restore" } else { "restored" },
+        "saferoot: {verb} {} to {} ({} local)",
         dir.display(),
         time::format_utc(target),
         time::format_local_short(target)
@@ -620,7 +649,7 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         let _ = control::call(dir, &Request::Invalidate { paths: changed });
     }
     for c in &report.changes {
-        println!("{} {}", c.mark.symbol(), c.path.display());
+        println!("{} {}", c.mark.symbol(), shown(&c.path));
     }
     for w in &report.warnings {
         eprintln!("saferoot: warning: {w}");

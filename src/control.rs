@@ -183,7 +183,20 @@ pub fn call(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>)
     send_line(&fd, &line, None).context("send to saferoot daemon")?;
     let (reply, passed) = recv_line(&fd).context("read from saferoot daemon")?;
     if reply.is_empty() {
-        bail!("the saferoot daemon closed the connection without answering");
+        let peer = socket::getsockopt(&fd, socket::sockopt::PeerCredentials)
+            .map(|c| c.pid())
+            .unwrap_or(0);
+        let cmdline = std::fs::read(format!("/proc/{peer}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default();
+        bail!(
+            "the saferoot daemon (pid {peer}: {cmdline}) closed the connection without answering"
+        );
     }
     let reply: Reply = serde_json::from_slice(&reply).context("parse daemon reply")?;
     Ok(Some((reply, passed)))

@@ -296,8 +296,12 @@ fn control_loop(r: &Running) {
             );
             continue;
         }
-        let Ok((line, _)) = control::recv_line(&conn) else {
-            continue;
+        let line = match control::recv_line(&conn) {
+            Ok((line, _)) => line,
+            Err(e) => {
+                log::warn!("control socket: reading a request: {e}");
+                continue;
+            }
         };
         let req: Request = match serde_json::from_slice(&line) {
             Ok(req) => req,

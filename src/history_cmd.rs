@@ -97,7 +97,7 @@ pub fn diff(dir: &Path, json: bool, t1: &str, t2: Option<&str>, paths: &[PathBuf
             });
             writeln!(out, "{v}")?;
         } else {
-            writeln!(out, "{} {}", c.mark.symbol(), c.path.display())?;
+            writeln!(out, "{} {}", c.mark.symbol(), crate::cli::shown(&c.path))?;
         }
     }
     for w in &report.warnings {
@@ -137,7 +137,7 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
     for it in &report.items {
         println!(
             "saferoot: brought back {} ({}, removed at {} by {}[{}], {}) as it was at {}",
-            it.path.display(),
+            crate::cli::shown(&it.path),
             kind_name(it.kind),
             time::format_utc(it.removed_t),
             it.removed_comm,
@@ -146,10 +146,13 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
             at(it.target_t)
         );
         if it.changes.is_empty() {
-            println!("saferoot: {} is already as it was then", it.path.display());
+            println!(
+                "saferoot: {} is already as it was then",
+                crate::cli::shown(&it.path)
+            );
         }
         for c in &it.changes {
-            println!("{} {}", c.mark.symbol(), c.path.display());
+            println!("{} {}", c.mark.symbol(), crate::cli::shown(&c.path));
         }
     }
     for w in &report.warnings {

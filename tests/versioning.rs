@@ -408,3 +408,67 @@ fn disk_full_refuses_the_overwrite_and_keeps_the_bytes() {
     assert!(std::fs::read(to.join("big")).unwrap() == big);
     assert_ok(&saferoot(&["-C", d, "umount"]));
 }
+
+/// Symlinks and fifos with other hard links, removed or replaced, come back; a hard-linked
+/// file replaced by a rename comes back with its own mode.
+#[test]
+fn hard_linked_specials_and_replaced_links_are_restored() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    assert_ok(&p.sh(
+        "ln -s t2 sl3 && ln sl3 sl4 && echo C > src2 && ln -s target sl && ln sl sl2 && \
+         mkfifo ff && ln ff ff2 && echo A > dst && chmod 600 dst && ln dst dst2 && \
+         echo B > src && chmod 755 src",
+    ));
+    p.mount();
+    let before = digest(p.dir());
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    assert_ok(&p.sh("mv src2 sl4 && rm sl2 ff2 && mv src dst"));
+    assert_ok(&p.run(&["restore", &t0]));
+    assert_same_tree(&before, &digest(p.dir()));
+    p.umount();
+}
+
+/// A mode change made by setting a POSIX access ACL is seen at once (as natively) and undone
+/// by restore like a chmod.
+#[test]
+fn acl_mode_changes_are_visible_and_undone() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::write(p.dir().join("f"), b"f").unwrap();
+    std::fs::write(p.dir().join("g"), b"g").unwrap();
+    assert_ok(&p.sh("chmod 644 f && chmod 640 g"));
+    p.mount();
+    let before = digest(p.dir());
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os,struct\n\
+             os.setxattr('f','system.posix_acl_access',struct.pack('<IHHIHHIHHI',2,1,7,0xffffffff,4,7,0xffffffff,0x20,7,0xffffffff))\n\
+             print(oct(os.stat('f').st_mode & 0o777))",
+        ])
+        .current_dir(p.dir())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "0o777\n", "the new mode shows at once");
+    let o = p.sh("cp -a g g2 && stat -c %a g2");
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "640\n",
+        "cp -a keeps the mode it sets through an ACL"
+    );
+    assert_ok(&p.run(&["restore", &t0]));
+    assert_same_tree(&before, &digest(p.dir()));
+    p.umount();
+}

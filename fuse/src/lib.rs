@@ -501,11 +501,20 @@ impl Shared {
                 .put_object(fd.as_fd())
                 .map_err(|e| store_errno(&e))?;
             rec.object = Some(hex);
-        } else if fmt == libc::S_IFLNK {
-            let target = nix::fcntl::readlinkat(dir, name).map_err(errno)?;
-            rec.target = Some(PathBuf::from(target));
+        } else {
+            // A symlink, fifo, socket or device node with other links: keep a copy of it.
+            let trash = self
+                .store
+                .copy_special_to_trash(dir, name, rel, st, t)
+                .map_err(|e| store_errno(&e))?;
+            rec.trash = Some(trash);
         }
         Ok(rec)
+    }
+
+    /// Did [`Shared::keep`] move the entry itself away (so there is nothing left to remove)?
+    fn moved_away(st: &FileStat) -> bool {
+        st.st_nlink <= 1 || st.st_mode & libc::S_IFMT == libc::S_IFDIR
     }
 
     /// Is the directory `name` in `dir` empty?
@@ -658,7 +667,7 @@ impl Shared {
                 req,
                 Record {
                     object: kept.object,
-                    target: kept.target,
+                    trash: kept.trash,
                     old_mode: Some(dst.st_mode),
                     ..base
                 },
@@ -954,7 +963,7 @@ impl Shared {
         rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE)?;
         match self.keep(from_dir, name, to_rel, &d, t) {
             Ok(kept) => {
-                if kept.trash.is_none() {
+                if !Self::moved_away(&d) {
                     let _ = nix::unistd::unlinkat(
                         from_dir,
                         name,
@@ -1047,6 +1056,41 @@ impl Shared {
         Some(b)
     }
 
+    /// The mode before an xattr change that may change it (a POSIX access ACL).
+    fn acl_mode_before(&self, name: &OsStr, fd: BorrowedFd<'_>) -> Option<FileStat> {
+        (name.as_bytes() == b"system.posix_acl_access")
+            .then(|| nix::sys::stat::fstat(fd).ok())
+            .flatten()
+    }
+
+    /// Journal the mode change an ACL change made, so restore can undo it like a chmod.
+    fn journal_acl_mode(
+        &self,
+        req: &Request,
+        node: &Node,
+        fd: BorrowedFd<'_>,
+        before: Option<FileStat>,
+    ) {
+        let (Some(before), Ok(after)) = (before, nix::sys::stat::fstat(fd)) else {
+            return;
+        };
+        let rel = self.node_rel(node);
+        if before.st_mode != after.st_mode && !self.is_scratch(&rel, node.is_dir()) {
+            self.journal(
+                req,
+                Record {
+                    kind: Kind::from_mode(after.st_mode),
+                    mode: Some(after.st_mode),
+                    old_mode: Some(before.st_mode),
+                    ino: Some(after.st_ino),
+                    links: (after.st_nlink > 1).then_some(after.st_nlink as u64),
+                    note: Some("mode changed by an ACL".into()),
+                    ..Record::new(now_ns(), Op::Setattr, rel, 0, "")
+                },
+            );
+        }
+    }
+
     fn proc_of(&self, node: &Node) -> Result<(Fd<'_>, CString), Errno> {
         let fd = self.path_fd(node)?;
         let p = sys::proc_path(fd.fd());
@@ -1091,7 +1135,11 @@ impl Filesystem for SaferootFs {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // The kernel then handles POSIX ACLs like a local filesystem: it checks them, and
+            // a mode change made by setting an ACL reaches us as a setattr (journaled, and
+            // never stale in the attribute cache).
+            | InitFlags::FUSE_POSIX_ACL;
         for f in wanted.iter() {
             let _ = config.add_capabilities(f);
         }
@@ -1383,7 +1431,7 @@ impl Filesystem for SaferootFs {
             }
             let t = now_ns();
             let rec = s.keep(pfd.fd(), name, &rel, &st, t)?;
-            if rec.trash.is_none() {
+            if !Shared::moved_away(&st) {
                 nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
                     .map_err(errno)?;
             }
@@ -1892,7 +1940,7 @@ impl Filesystem for SaferootFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -1903,8 +1951,9 @@ impl Filesystem for SaferootFs {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
-            let (_fd, proc) = s.proc_of(&node)?;
+            let (fd, proc) = s.proc_of(&node)?;
             let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+            let before = s.acl_mode_before(name, fd.fd());
             // SAFETY: valid C strings and a valid buffer of value.len() bytes.
             let r = unsafe {
                 libc::setxattr(
@@ -1915,7 +1964,9 @@ impl Filesystem for SaferootFs {
                     flags,
                 )
             };
-            sys::last_errno(r).map_err(errno).map(|_| ())
+            sys::last_errno(r).map_err(errno)?;
+            s.journal_acl_mode(req, &node, fd.fd(), before);
+            Ok(())
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -1969,15 +2020,18 @@ impl Filesystem for SaferootFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
-            let (_fd, proc) = s.proc_of(&node)?;
+            let (fd, proc) = s.proc_of(&node)?;
             let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+            let before = s.acl_mode_before(name, fd.fd());
             // SAFETY: valid C strings.
             let r = unsafe { libc::removexattr(proc.as_ptr(), cname.as_ptr()) };
-            sys::last_errno(r).map_err(errno).map(|_| ())
+            sys::last_errno(r).map_err(errno)?;
+            s.journal_acl_mode(req, &node, fd.fd(), before);
+            Ok(())
         })();
         match r {
             Ok(()) => reply.ok(),

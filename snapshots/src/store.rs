@@ -275,6 +275,86 @@ impl Store {
         rel: &Path,
         t_ns: i64,
     ) -> Result<PathBuf> {
+        self.place_in_trash(rel, t_ns, |dir, leaf| {
+            nix::fcntl::renameat2(parent, name, dir, leaf, RenameFlags::RENAME_NOREPLACE)
+        })
+    }
+
+    /// Put a copy of the symlink, fifo, socket or device node `name` of `parent` (stat `st`)
+    /// into the trash, for one that has other hard links and so cannot be moved there (its
+    /// other names must keep their link count). The copy has the same type, mode, target or
+    /// device number, owner and mtime. Returns its path relative to the store.
+    pub fn copy_special_to_trash(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        st: &nix::sys::stat::FileStat,
+        t_ns: i64,
+    ) -> Result<PathBuf> {
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt == libc::S_IFREG || fmt == libc::S_IFDIR {
+            return Err(Error::Invalid(format!(
+                "{} is not a special file",
+                rel.display()
+            )));
+        }
+        let target = if fmt == libc::S_IFLNK {
+            Some(
+                nix::fcntl::readlinkat(parent, name)
+                    .map_err(|e| Error::io("readlink", &self.project_path.join(rel), e))?,
+            )
+        } else {
+            None
+        };
+        self.place_in_trash(rel, t_ns, |dir, leaf| {
+            match &target {
+                Some(t) => nix::unistd::symlinkat(t.as_os_str(), dir, leaf)?,
+                None => {
+                    let cleaf =
+                        std::ffi::CString::new(leaf.as_bytes()).map_err(|_| Errno::EINVAL)?;
+                    // SAFETY: a valid C string; mknodat only creates the node.
+                    let r = unsafe {
+                        libc::mknodat(
+                            dir.as_raw_fd(),
+                            cleaf.as_ptr(),
+                            st.st_mode as libc::mode_t,
+                            st.st_rdev as libc::dev_t,
+                        )
+                    };
+                    if r != 0 {
+                        return Err(Errno::last());
+                    }
+                }
+            }
+            let _ = nix::unistd::fchownat(
+                dir,
+                leaf,
+                Some(nix::unistd::Uid::from_raw(st.st_uid)),
+                Some(nix::unistd::Gid::from_raw(st.st_gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            );
+            let atime = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
+            let mtime = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+            let _ = nix::sys::stat::utimensat(
+                dir,
+                leaf,
+                &atime,
+                &mtime,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            );
+            Ok(())
+        })
+    }
+
+    /// Find a trash bucket of instant `t_ns` whose container for `rel` is free at `rel`'s
+    /// name, and let `place` create the item there (failing with EEXIST if the name is taken).
+    fn place_in_trash(
+        &self,
+        rel: &Path,
+        t_ns: i64,
+        mut place: impl FnMut(BorrowedFd<'_>, &OsStr) -> std::result::Result<(), Errno>,
+    ) -> Result<PathBuf> {
         check_relative(rel)?;
         let leaf = rel
             .file_name()
@@ -301,13 +381,7 @@ impl Store {
                 // trashed this second under one of rel's parent names): next bucket.
                 continue;
             };
-            match nix::fcntl::renameat2(
-                parent,
-                name,
-                dir.as_fd(),
-                leaf,
-                RenameFlags::RENAME_NOREPLACE,
-            ) {
+            match place(dir.as_fd(), leaf) {
                 Ok(()) => {
                     let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
                     if b.0 == stamp {
