@@ -1091,6 +1091,38 @@ impl Shared {
         }
     }
 
+    /// Create the entry `name` in directory node `parent` with `create` (given the directory's
+    /// descriptor), give it to the caller's uid/gid, count the kernel's lookup of it, and
+    /// journal it (unless it is in a scratch tree) with the record `record` makes from a base
+    /// record that has the path, time and inode set.
+    fn make_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        is_dir: bool,
+        create: impl FnOnce(BorrowedFd<'_>) -> Result<(), Errno>,
+        record: impl FnOnce(Record) -> Record,
+    ) -> Result<FileAttr, Errno> {
+        if is_store(parent, name) {
+            return Err(Errno::EPERM);
+        }
+        let pnode = self.node(parent)?;
+        let pfd = self.path_fd(&pnode)?;
+        let rel = self.dir_rel(&pnode, pfd.fd())?.join(name);
+        create(pfd.fd())?;
+        self.chown_to_caller(req, pfd.fd(), name);
+        let (node, attr) = self.lookup_in(&pnode, pfd.fd(), name)?;
+        if !self.is_scratch(&rel, is_dir) {
+            let base = Record {
+                ino: Some(node.ino),
+                ..Record::new(now_ns(), Op::Create, rel, 0, "")
+            };
+            self.journal(req, record(base));
+        }
+        Ok(attr)
+    }
+
     fn proc_of(&self, node: &Node) -> Result<(Fd<'_>, CString), Errno> {
         let fd = self.path_fd(node)?;
         let p = sys::proc_path(fd.fd());
@@ -1320,48 +1352,38 @@ impl Filesystem for SaferootFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let s = &self.shared;
-        if is_store(parent, name) {
-            return reply.error(Errno::EPERM);
-        }
-        let r = (|| {
-            let pnode = s.node(parent)?;
-            let pfd = s.path_fd(&pnode)?;
-            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
-            // SAFETY: name has no interior NUL (it came from the kernel as a C string).
-            let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-            let r = unsafe {
-                libc::mknodat(
-                    pfd.fd().as_raw_fd(),
-                    cname.as_ptr(),
-                    mode as libc::mode_t,
-                    rdev as libc::dev_t,
-                )
-            };
-            sys::last_errno(r).map_err(errno)?;
-            s.chown_to_caller(req, pfd.fd(), name);
-            let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
-            if s.is_scratch(&rel, false) {
-                return Ok(attr);
-            }
-            let op = if mode & libc::S_IFMT == libc::S_IFREG {
-                Op::Create
-            } else {
-                Op::Mknod
-            };
-            s.journal(
-                req,
-                Record {
-                    kind: Kind::from_mode(mode),
-                    mode: Some(mode),
-                    ino: Some(node.ino),
-                    ..Record::new(now_ns(), op, rel, 0, "")
-                },
-            );
-            Ok::<_, Errno>(attr)
-        })();
+        let op = if mode & libc::S_IFMT == libc::S_IFREG {
+            Op::Create
+        } else {
+            Op::Mknod
+        };
+        let r = self.shared.make_entry(
+            req,
+            parent,
+            name,
+            false,
+            |dir| {
+                let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+                // SAFETY: a valid C string; mknodat only creates the node.
+                let r = unsafe {
+                    libc::mknodat(
+                        dir.as_raw_fd(),
+                        cname.as_ptr(),
+                        mode as libc::mode_t,
+                        rdev as libc::dev_t,
+                    )
+                };
+                sys::last_errno(r).map(|_| ()).map_err(errno)
+            },
+            |rec| Record {
+                op,
+                kind: Kind::from_mode(mode),
+                mode: Some(mode),
+                ..rec
+            },
+        );
         match r {
-            Ok(a) => reply.entry(&s.opts.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry(&self.shared.opts.ttl, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -1375,34 +1397,21 @@ impl Filesystem for SaferootFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let s = &self.shared;
-        if is_store(parent, name) {
-            return reply.error(Errno::EPERM);
-        }
-        let r = (|| {
-            let pnode = s.node(parent)?;
-            let pfd = s.path_fd(&pnode)?;
-            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
-            nix::sys::stat::mkdirat(pfd.fd(), name, Mode::from_bits_truncate(mode))
-                .map_err(errno)?;
-            s.chown_to_caller(req, pfd.fd(), name);
-            let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
-            if s.is_scratch(&rel, true) {
-                return Ok(attr);
-            }
-            s.journal(
-                req,
-                Record {
-                    kind: Some(Kind::Dir),
-                    mode: Some(libc::S_IFDIR | (mode & 0o7777)),
-                    ino: Some(node.ino),
-                    ..Record::new(now_ns(), Op::Mkdir, rel, 0, "")
-                },
-            );
-            Ok::<_, Errno>(attr)
-        })();
+        let r = self.shared.make_entry(
+            req,
+            parent,
+            name,
+            true,
+            |dir| nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(mode)).map_err(errno),
+            |rec| Record {
+                op: Op::Mkdir,
+                kind: Some(Kind::Dir),
+                mode: Some(libc::S_IFDIR | (mode & 0o7777)),
+                ..rec
+            },
+        );
         match r {
-            Ok(a) => reply.entry(&s.opts.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry(&self.shared.opts.ttl, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -1484,33 +1493,21 @@ impl Filesystem for SaferootFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let s = &self.shared;
-        if is_store(parent, link_name) {
-            return reply.error(Errno::EPERM);
-        }
-        let r = (|| {
-            let pnode = s.node(parent)?;
-            let pfd = s.path_fd(&pnode)?;
-            let rel = s.dir_rel(&pnode, pfd.fd())?.join(link_name);
-            nix::unistd::symlinkat(target, pfd.fd(), link_name).map_err(errno)?;
-            s.chown_to_caller(req, pfd.fd(), link_name);
-            let (node, attr) = s.lookup_in(&pnode, pfd.fd(), link_name)?;
-            if s.is_scratch(&rel, false) {
-                return Ok(attr);
-            }
-            s.journal(
-                req,
-                Record {
-                    kind: Some(Kind::Symlink),
-                    target: Some(target.to_owned()),
-                    ino: Some(node.ino),
-                    ..Record::new(now_ns(), Op::Symlink, rel, 0, "")
-                },
-            );
-            Ok::<_, Errno>(attr)
-        })();
+        let r = self.shared.make_entry(
+            req,
+            parent,
+            link_name,
+            false,
+            |dir| nix::unistd::symlinkat(target, dir, link_name).map_err(errno),
+            |rec| Record {
+                op: Op::Symlink,
+                kind: Some(Kind::Symlink),
+                target: Some(target.to_owned()),
+                ..rec
+            },
+        );
         match r {
-            Ok(a) => reply.entry(&s.opts.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry(&self.shared.opts.ttl, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
