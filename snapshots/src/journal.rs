@@ -59,8 +59,10 @@ pub enum Op {
     /// Metadata change on `path`: `mode` is the new mode, `old_mode` the previous one;
     /// `size` is set for a truncate.
     Setattr,
-    /// `path` was opened for writing (first writer of the inode), or had a range punched or
-    /// collapsed; `object` is its content just before (the pre-image), when kept.
+    /// `path` was opened for writing by the first writer of its inode (a write session began);
+    /// `object` is its content just before (the pre-image). Everything that changes bytes in
+    /// place (writes, appends, mmap, fallocate punch/collapse, copy_file_range) needs such a
+    /// descriptor, so it is covered by this record.
     Write,
     /// Marker: a restore to instant `target_t` started. The changes it made follow as ordinary
     /// records (`unlink` to trash for what it displaced, `create`/`mkdir`/`symlink` for what it
@@ -182,7 +184,8 @@ pub struct Record {
     /// For `restore` markers: the instant restored to (UTC ns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_t: Option<i64>,
-    /// Free text for people: the command of a `run` record, or why a record was recovered.
+    /// Free text for people: the command of a `run` record, the reason of a snapshot, why a
+    /// record was recovered, a move across a scratch boundary, a mode changed by an ACL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// For `snapshot` markers: the snapshot number.

@@ -2,8 +2,9 @@
 //! mode, size, mtime, and the blake3 of each regular file or the target of each symlink),
 //! stored as `.saferoot/snapshots/<n>`.
 //!
-//! A snapshot is what a point-in-time restore starts from (the newest manifest at or before T,
-//! then the journal up to T) and what `@N` names. It records *identity*, not bytes: the bytes of
+//! A snapshot is what `@N` names and what `diff` of whole instants can be checked against;
+//! restore itself walks the journal back from the live tree (see docs/versioning.md for why).
+//! It records *identity*, not bytes: the bytes of
 //! a file as it was in snapshot N are found by their blake3 (live tree, object store, trash
 //! index). Taking one is incremental through the store's hash cache, which is keyed by
 //! (dev, ino) and valid while size, mtime and ctime are unchanged: a second snapshot of an
@@ -183,11 +184,14 @@ pub fn take(store: &Store, reason: &str) -> Result<SnapshotInfo> {
         hashed_bytes: stats.hashed_bytes,
     };
     let n = write_manifest(store, &meta, &entries)?;
+    // The record carries the snapshot's own instant (when the walk began), so `@N` is never
+    // before the journal's first record: a first mount's snapshot makes the tree known from
+    // exactly that instant.
     let rec = Record {
         snapshot: Some(n),
         note: Some(reason.to_owned()),
         ..Record::new(
-            crate::now_ns(),
+            t,
             Op::Snapshot,
             ".",
             std::process::id(),
