@@ -150,6 +150,11 @@ pub fn main() -> i32 {
     if let Cmd::Daemon { dir } = &cli.cmd {
         return crate::daemon::main(dir);
     }
+    // Like other command-line tools: `saferoot log | head` ends quietly when head does.
+    // SAFETY: restoring the default disposition installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -230,9 +235,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-/// The project directory, absolute and canonical, or a one-line error.
+/// The project directory, absolute and canonical, or a one-line error. Without `-C`, it is
+/// the nearest directory at or above the current one that saferoot protects (mounted, or
+/// holding a store), like git finds its work tree; failing that, the current directory.
 pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf> {
-    let given = dir.unwrap_or(Path::new("."));
+    let discovered;
+    let given = match dir {
+        Some(d) => d,
+        None => {
+            discovered = discover_project();
+            discovered.as_deref().unwrap_or(Path::new("."))
+        }
+    };
     let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
     let dead_msg = || {
         anyhow!(
@@ -260,14 +274,43 @@ pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
+/// The nearest directory at or above the current one that is a saferoot mount or has a store.
+fn discover_project() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors()
+        .find(|a| {
+            mounts::saferoot_mounted(a)
+                || a.join(saferoot_fuse::STORE_DIR)
+                    .join(saferoot_snapshots::store::FORMAT_FILE)
+                    .is_file()
+        })
+        .map(Path::to_path_buf)
+}
+
 /// Like [`resolve_dir`], but accepts a dead mount (whose root cannot even be stat'ed).
 fn resolve_dir_for_umount(dir: Option<&Path>) -> Result<PathBuf> {
-    let given = dir.unwrap_or(Path::new("."));
+    let discovered;
+    let given = match dir {
+        Some(d) => d,
+        None => {
+            discovered = std::env::var_os("PWD").map(PathBuf::from).and_then(|p| {
+                p.ancestors()
+                    .find(|a| mounts::saferoot_mounted(a))
+                    .map(Path::to_path_buf)
+            });
+            discovered.as_deref().unwrap_or(Path::new("."))
+        }
+    };
     let abs = std::path::absolute(given).map(|p| normalize(&p))?;
     if mounts::saferoot_mounted(&abs) {
         return Ok(abs);
     }
     resolve_dir(dir)
+}
+
+/// [`shown`] for text that is not a path (notes, warnings).
+pub fn shown_text(s: &str) -> String {
+    shown(Path::new(s))
 }
 
 /// A path for a line of text output: control characters (a newline in a file name could
@@ -342,6 +385,18 @@ pub fn mount(dir: &Path) -> Result<(u32, Child)> {
             "{} has a saferoot mount whose daemon is gone; run `saferoot -C {} umount` first",
             dir.display(),
             dir.display()
+        );
+    }
+    if let Some(outer) = dir
+        .ancestors()
+        .skip(1)
+        .find(|a| mounts::saferoot_mounted(a))
+    {
+        bail!(
+            "{} is inside {}, which saferoot already protects; work on that one (`saferoot -C {} ...`)",
+            dir.display(),
+            outer.display(),
+            outer.display()
         );
     }
     let exe = std::env::current_exe().context("find the saferoot executable")?;
@@ -550,10 +605,10 @@ fn log(dir: &Path, json: bool, since: Option<&str>, paths: &[PathBuf]) -> Result
             }
             line.push_str(&format!("  {}[{}]", r.comm, r.pid));
             if let Some(n) = &r.note {
-                line.push_str(&format!("  ({n})"));
+                line.push_str(&format!("  ({})", shown_text(n)));
             }
             if let Some(k) = kept {
-                line.push_str(&format!("  kept: {k}"));
+                line.push_str(&format!("  kept: {}", shown_text(&k)));
             }
             writeln!(out, "{line}")?;
         }
@@ -652,7 +707,7 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         println!("{} {}", c.mark.symbol(), shown(&c.path));
     }
     for w in &report.warnings {
-        eprintln!("saferoot: warning: {w}");
+        eprintln!("saferoot: warning: {}", shown_text(w));
     }
     let n = report.changes.len();
     if dry_run {

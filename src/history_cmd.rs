@@ -63,7 +63,7 @@ pub fn restore_to(dir: &Path, dest: &Path, when: &str, paths: &[PathBuf]) -> Res
         shown.display()
     );
     for w in &report.warnings {
-        eprintln!("saferoot: warning: {w}");
+        eprintln!("saferoot: warning: {}", crate::cli::shown_text(w));
     }
     println!(
         "saferoot: {} path(s) written; {} was not changed",
@@ -101,7 +101,7 @@ pub fn diff(dir: &Path, json: bool, t1: &str, t2: Option<&str>, paths: &[PathBuf
         }
     }
     for w in &report.warnings {
-        eprintln!("saferoot: warning: {w}");
+        eprintln!("saferoot: warning: {}", crate::cli::shown_text(w));
     }
     Ok(0)
 }
@@ -135,35 +135,49 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
         }
     }
     for it in &report.items {
-        println!(
-            "saferoot: brought back {} ({}, removed at {} by {}[{}], {}) as it was at {}",
-            crate::cli::shown(&it.path),
+        let removed = format!(
+            "{}, removed at {} by {}[{}], {}",
             kind_name(it.kind),
             time::format_utc(it.removed_t),
-            it.removed_comm,
+            crate::cli::shown_text(&it.removed_comm),
             it.removed_pid,
             it.removed_op.name(),
-            at(it.target_t)
         );
         if it.changes.is_empty() {
             println!(
-                "saferoot: {} is already as it was then",
-                crate::cli::shown(&it.path)
+                "saferoot: {} ({removed}) is already as it was at {}; nothing to do",
+                crate::cli::shown(&it.path),
+                at(it.target_t)
             );
+            continue;
         }
+        println!(
+            "saferoot: brought back {} ({removed}) as it was at {}",
+            crate::cli::shown(&it.path),
+            at(it.target_t)
+        );
         for c in &it.changes {
             println!("{} {}", c.mark.symbol(), crate::cli::shown(&c.path));
         }
     }
     for w in &report.warnings {
-        eprintln!("saferoot: warning: {w}");
+        eprintln!("saferoot: warning: {}", crate::cli::shown_text(w));
     }
-    if report.items.iter().any(|i| !i.changes.is_empty()) {
-        println!(
-            "saferoot: what was in the way is in {}/.saferoot/trash (undo with `saferoot restore {}`)",
-            dir.display(),
-            time::format_utc(now)
-        );
+    let changes = report.items.iter().flat_map(|i| i.changes.iter());
+    let displaced = changes.clone().any(|c| c.mark != restore::Mark::Added);
+    if changes.clone().next().is_some() {
+        if displaced {
+            println!(
+                "saferoot: what was in the way is in {}/.saferoot/trash (undo with `saferoot restore {}`)",
+                dir.display(),
+                time::format_utc(now)
+            );
+        } else {
+            println!(
+                "saferoot: undo with `saferoot restore {}`",
+                time::format_utc(now)
+            );
+        }
     }
     Ok(0)
 }

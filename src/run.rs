@@ -61,7 +61,13 @@ pub fn run(dir: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
         bail!("no command given: use `saferoot run -- CMD [ARGS...]`");
     };
     // Check everything we can before touching the disk.
-    let exe = match resolve_cmd(dir, program) {
+    // CMD starts where the user is, when that is inside the project (through the mount), else
+    // at the project's root.
+    let workdir = std::env::current_dir()
+        .ok()
+        .filter(|c| c.starts_with(dir))
+        .unwrap_or_else(|| dir.to_path_buf());
+    let exe = match resolve_cmd(&workdir, program) {
         Ok(p) => p,
         Err((code, msg)) => {
             eprintln!("saferoot: {msg}");
@@ -79,7 +85,7 @@ pub fn run(dir: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
         Some(_) => None,
         None => Some(cli::mount(dir)?),
     };
-    let result = run_mounted(dir, &exe, cmd, no_sandbox);
+    let result = run_mounted(dir, &workdir, &exe, cmd, no_sandbox);
     if let Some((_pid, mut child)) = mounted_here {
         match cli::umount(dir, false) {
             Ok(()) => {
@@ -121,7 +127,13 @@ fn record_run_start(dir: &Path, cmd: &[OsString]) -> Result<()> {
         .context("record the start of the session in the journal")
 }
 
-fn run_mounted(dir: &Path, exe: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
+fn run_mounted(
+    dir: &Path,
+    workdir: &Path,
+    exe: &Path,
+    cmd: &[OsString],
+    no_sandbox: bool,
+) -> Result<i32> {
     let tmpdir = sandbox::private_tmpdir(dir)?;
     let prepared = if no_sandbox {
         eprintln!(
@@ -151,7 +163,7 @@ fn run_mounted(dir: &Path, exe: &Path, cmd: &[OsString], no_sandbox: bool) -> Re
     command
         .arg0(&cmd[0])
         .args(&cmd[1..])
-        .current_dir(dir)
+        .current_dir(workdir)
         .env("TMPDIR", &tmpdir)
         .env("SAFEROOT_DIR", dir);
     let p2 = prepared.clone();

@@ -350,3 +350,51 @@ fn a_trashed_directory_is_not_reused_as_a_container() {
     assert_same_tree(&before, &digest(p.dir()));
     p.umount();
 }
+
+/// Without -C, saferoot finds the project from any subdirectory (like git), runs CMD where the
+/// user is, refuses a second mount nested inside a protected project, and prints one log
+/// line per record even for a multi-line command.
+#[test]
+fn subdirectories_find_their_project() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::create_dir_all(p.dir().join("sub/deeper")).unwrap();
+    std::fs::write(p.dir().join("sub/f"), b"f").unwrap();
+    p.mount();
+    let in_sub = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .current_dir(p.dir().join("sub/deeper"))
+            .env("PWD", p.dir().join("sub/deeper"))
+            .output()
+            .unwrap()
+    };
+    let o = in_sub(&["status"]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with(&format!("{}: mounted", p.dir().display())),
+        "{}",
+        stdout(&o)
+    );
+    let o = in_sub(&["run", "--", "sh", "-c", "pwd; rm ../f\necho done"]);
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        format!("{}\ndone\n", p.dir().join("sub/deeper").display())
+    );
+    let o = in_sub(&["log"]);
+    assert_ok(&o);
+    let log = stdout(&o);
+    assert!(log.contains("unlink   sub/f  rm["), "{log}");
+    assert!(
+        log.lines().all(|l| l.starts_with("20")),
+        "one line per record:\n{log}"
+    );
+    let o = saferoot(&["-C", p.dir().join("sub").to_str().unwrap(), "mount"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already protects"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+    p.umount();
+}

@@ -1306,13 +1306,18 @@ impl Filesystem for SaferootFs {
                 sys::last_errno(r).map_err(errno)?;
             }
             let after = nix::sys::stat::fstat(pfd.fd()).map_err(errno)?;
-            if versioned && (mode.is_some() || size.is_some() || uid.is_some() || gid.is_some()) {
+            // Journal what changed (a chown or chmod to the same values changes nothing).
+            let changed = size.is_some()
+                || before.st_mode != after.st_mode
+                || before.st_uid != after.st_uid
+                || before.st_gid != after.st_gid;
+            if versioned && changed {
                 s.journal(
                     req,
                     Record {
                         kind: Kind::from_mode(after.st_mode),
                         mode: Some(after.st_mode),
-                        old_mode: mode.map(|_| before.st_mode),
+                        old_mode: (before.st_mode != after.st_mode).then_some(before.st_mode),
                         size,
                         ino: Some(after.st_ino),
                         links: (after.st_nlink > 1).then_some(after.st_nlink as u64),

@@ -190,13 +190,7 @@ pub fn take(store: &Store, reason: &str) -> Result<SnapshotInfo> {
     let rec = Record {
         snapshot: Some(n),
         note: Some(reason.to_owned()),
-        ..Record::new(
-            t,
-            Op::Snapshot,
-            ".",
-            std::process::id(),
-            "saferoot",
-        )
+        ..Record::new(t, Op::Snapshot, ".", std::process::id(), "saferoot")
     };
     store.journal().append(&rec)?;
     let _ = crate::hashcache::save(store, &stats.seen, stats.hashed_files > 0);
