@@ -209,10 +209,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     )
     .context("start the filesystem")?;
     let shared = fs.shared();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get() * 2)
-        .unwrap_or(4)
-        .clamp(4, 16);
+    let threads = request_threads();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("saferoot".into()),
@@ -238,6 +235,22 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
             started_ns: now_ns(),
         },
     ))
+}
+
+/// How many threads serve FUSE requests: `SAFEROOT_THREADS` if set (1 to 64), else one per
+/// core plus one, at least 2 (a request that blocks — an fsync, a large pre-image copy — must
+/// not stall the others; more threads than cores mostly add wake-up contention).
+fn request_threads() -> usize {
+    if let Some(n) = std::env::var("SAFEROOT_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.clamp(1, 64);
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get() + 1)
+        .unwrap_or(3)
+        .clamp(2, 16)
 }
 
 fn unmount(r: &Running, lazy: bool) -> Result<()> {
