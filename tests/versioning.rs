@@ -237,6 +237,8 @@ fn directory_moved_into_scratch_is_kept_whole() {
     std::fs::write(d.join("src/a"), b"a").unwrap();
     std::fs::write(d.join("src/sub/b"), b"b").unwrap();
     std::fs::write(d.join("src/sub/deep/c"), b"c").unwrap();
+    std::os::unix::fs::symlink("../a", d.join("src/sub/link")).unwrap();
+    assert_ok(&p.sh("mkfifo src/sub/deep/fifo"));
     let before = digest(d);
     p.mount();
     tick();

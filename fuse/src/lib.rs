@@ -748,12 +748,14 @@ impl Shared {
                             .map_err(|e| store_errno(&e))?,
                     );
                 }
-                libc::S_IFLNK => {
-                    rec.target = Some(PathBuf::from(
-                        nix::fcntl::readlinkat(fd_dir, n).map_err(errno)?,
-                    ))
+                // A symlink, fifo, socket or device node: keep a copy of it in the trash.
+                _ => {
+                    rec.trash = Some(
+                        self.store
+                            .copy_special_to_trash(fd_dir, n, r, st, t)
+                            .map_err(|e| store_errno(&e))?,
+                    );
                 }
-                _ => {}
             }
             Ok::<_, Errno>(rec)
         };
