@@ -474,3 +474,136 @@ fn acl_mode_changes_are_visible_and_undone() {
     assert_same_tree(&before, &digest(p.dir()));
     p.umount();
 }
+
+/// A hard-linked file whose name is removed after it was written or chmod'ed comes back as it
+/// was at the instant, under every name; a write session is matched by inode, not by path;
+/// a directory's chmod is undone even after the directory moved into a scratch tree.
+#[test]
+fn identities_survive_removal_replacement_and_scratch() {
+    if !fuse_available() {
+        return;
+    }
+    let cases = [
+        ("echo a > x && ln x y", "echo b > x && rm x"),
+        ("echo a > x && ln x y", "chmod 600 x && rm x"),
+        ("echo a > x", "ln x y && echo b > y && rm x"),
+        (
+            "echo A > f && ln f k",
+            "echo B > f && printf C >> k && ln -s t k.l && mv k.l k",
+        ),
+        ("mkdir node_modules e", "chmod 700 e && mv e node_modules/"),
+    ];
+    for (setup, change) in cases {
+        let p = Project::empty();
+        assert_ok(&p.sh(setup));
+        p.mount();
+        let before = digest(p.dir());
+        tick();
+        let t0 = now_rfc3339();
+        tick();
+        assert_ok(&p.sh(change));
+        let dest = tempfile::Builder::new()
+            .prefix("saferoot-to.")
+            .tempdir()
+            .unwrap();
+        let to = dest.path().join("t");
+        assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), &t0]));
+        let mut want = before.clone();
+        want.retain(|k, _| !k.starts_with("node_modules"));
+        let mut got = digest(&to);
+        got.retain(|k, _| !k.starts_with("node_modules"));
+        assert!(want == got, "{setup} / {change}:\n{}", diff(&want, &got));
+        p.umount();
+    }
+    // A session on the inode that was at `k`, still open at T after `k` was replaced: the file
+    // now at `k` is not being written, so it is restored as it is.
+    let p = Project::empty();
+    p.mount();
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, time, datetime\n\
+             open('k','w').write('old\\n')\n\
+             f = open('k','a'); f.write('more\\n'); f.flush()\n\
+             open('k.tmp','w').write('new\\n'); os.rename('k.tmp','k')\n\
+             time.sleep(0.03); t = time.time_ns(); time.sleep(0.03)\n\
+             print(datetime.datetime.fromtimestamp(t // 10**9, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S') + '.%09dZ' % (t % 10**9))\n\
+             f.close()",
+        ])
+        .current_dir(p.dir())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let t = stdout(&o).trim().to_owned();
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    let to = dest.path().join("t");
+    assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), &t]));
+    assert_eq!(std::fs::read(to.join("k")).unwrap(), b"new\n");
+    p.umount();
+}
+
+/// `kill -9` of the daemon in the middle of thousands of rename-overs never leaves two names
+/// swapped: each pair is either as before or as after its rename, and restore brings back
+/// the tree from before.
+#[test]
+fn kill_9_during_rename_overs_never_swaps_names() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir().to_owned();
+    std::fs::create_dir_all(d.join("a")).unwrap();
+    std::fs::create_dir_all(d.join("b")).unwrap();
+    let n = 3000;
+    for i in 0..n {
+        std::fs::write(d.join(format!("a/{i}")), format!("a{i}")).unwrap();
+        std::fs::write(d.join(format!("b/{i}")), format!("b{i}")).unwrap();
+    }
+    let before = digest(&d);
+    p.mount();
+    let pid = daemon_pid(&p);
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    let mut mv = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!("import os\nfor i in range({n}):\n    os.rename(f'a/{{i}}', f'b/{{i}}')"),
+        ])
+        .current_dir(&d)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(d.join("a"))
+        .map(|r| r.count())
+        .unwrap_or(0)
+        > n * 2 / 3
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = mv.wait();
+    assert_ok(&p.run(&["umount"]));
+    for i in 0..n {
+        let a = std::fs::read(d.join(format!("a/{i}"))).ok();
+        let b = std::fs::read(d.join(format!("b/{i}"))).unwrap();
+        match a {
+            Some(a) => assert!(
+                a == format!("a{i}").into_bytes() && b == format!("b{i}").into_bytes(),
+                "pair {i} is neither before nor after its rename"
+            ),
+            None => assert_eq!(b, format!("a{i}").into_bytes(), "pair {i}"),
+        }
+    }
+    assert_ok(&p.run(&["restore", &t0]));
+    assert_same_tree(&before, &digest(&d));
+}

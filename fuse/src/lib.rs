@@ -651,64 +651,94 @@ impl Shared {
         if dst_dir && !self.dir_is_empty(npfd.fd(), newname)? {
             return Err(Errno::ENOTEMPTY);
         }
-        if dst.st_nlink > 1 && !dst_dir {
-            // Another link keeps the inode: keep the bytes as an object, then plain rename.
-            let kept = self.keep(npfd.fd(), newname, &to_rel, &dst, t)?;
-            nix::fcntl::renameat2(
-                pfd.fd(),
-                name,
-                npfd.fd(),
-                newname,
-                nix::fcntl::RenameFlags::empty(),
-            )
-            .map_err(errno)?;
-            self.note_rename(&src, newparent.0, newname);
-            self.journal(
-                req,
-                Record {
-                    object: kept.object,
-                    trash: kept.trash,
-                    old_mode: Some(dst.st_mode),
-                    ..base
-                },
-            );
-            return Ok(());
-        }
-        // Swap atomically, so `newname` never stops existing for other readers, then move what
-        // is now at the old name (the replaced object) into the trash.
-        nix::fcntl::renameat2(
-            pfd.fd(),
-            name,
-            npfd.fd(),
-            newname,
-            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-        )
-        .map_err(errno)?;
-        match self.keep(pfd.fd(), name, &to_rel, &dst, t) {
-            Ok(kept) => {
-                self.note_rename(&src, newparent.0, newname);
-                self.journal(
-                    req,
-                    Record {
-                        trash: kept.trash,
-                        old_mode: Some(dst.st_mode),
-                        ..base
-                    },
-                );
-                Ok(())
+        let kept = self.keep_replaced(npfd.fd(), newname, &to_rel, &dst, t)?;
+        self.replace_with(&kept, &dst, (pfd.fd(), name), (npfd.fd(), newname))?;
+        self.note_rename(&src, newparent.0, newname);
+        self.journal(req, kept);
+        self.journal(req, base);
+        Ok(())
+    }
+
+    /// Keep the entry `name` of `dir` that a rename is about to replace, leaving it in place
+    /// where possible: a hard link into the trash for a single-link file (so that a crash at
+    /// any point leaves the name and the bytes in place), a copy for an entry with other links,
+    /// and for an empty directory (which cannot be linked) a move into the trash. Returns the
+    /// `unlink` record of the replaced entry, to journal once the rename is done.
+    fn keep_replaced(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        st: &FileStat,
+        t: i64,
+    ) -> Result<Record, Errno> {
+        let fmt = st.st_mode & libc::S_IFMT;
+        let mut rec = if fmt == libc::S_IFDIR || st.st_nlink > 1 {
+            self.keep(dir, name, rel, st, t)?
+        } else {
+            let trash = self
+                .store
+                .link_into_trash(dir, name, rel, t)
+                .map_err(|e| store_errno(&e))?;
+            Record {
+                kind: Kind::from_mode(st.st_mode),
+                mode: Some(st.st_mode),
+                ino: Some(st.st_ino),
+                size: Some(st.st_size as u64),
+                trash: Some(trash),
+                ..Record::new(t, Op::Unlink, rel, 0, "")
             }
-            Err(e) => {
-                // Could not keep the old bytes: undo the swap and fail.
-                let _ = nix::fcntl::renameat2(
-                    pfd.fd(),
-                    name,
-                    npfd.fd(),
-                    newname,
-                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-                );
-                Err(e)
+        };
+        rec.links = (st.st_nlink > 1).then_some(st.st_nlink as u64);
+        Ok(rec)
+    }
+
+    /// Rename `from` over `to`, whose entry (stat `dst`) [`Shared::keep_replaced`] kept as
+    /// `kept`. If the rename fails, undo the keeping (nothing was replaced) and fail.
+    fn replace_with(
+        &self,
+        kept: &Record,
+        dst: &FileStat,
+        (from_dir, from): (BorrowedFd<'_>, &OsStr),
+        (to_dir, to): (BorrowedFd<'_>, &OsStr),
+    ) -> Result<(), Errno> {
+        let is_dir = dst.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        // The empty directory was moved away already: the name must still be free.
+        let flags = if is_dir {
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE
+        } else {
+            nix::fcntl::RenameFlags::empty()
+        };
+        if let Err(e) = nix::fcntl::renameat2(from_dir, from, to_dir, to, flags) {
+            match (&kept.trash, is_dir, dst.st_nlink > 1) {
+                (Some(tr), true, _) => {
+                    let _ = nix::fcntl::renameat2(
+                        self.store.dir(),
+                        tr,
+                        to_dir,
+                        to,
+                        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                    );
+                }
+                (Some(tr), false, false) => self.store.unlink_trash_name(tr),
+                _ => {}
+            }
+            return Err(errno(e));
+        }
+        if dst.st_nlink <= 1 && !is_dir {
+            // Its only visible name is gone: the trash link must not show in its link count.
+            if let Some(id) = self.table.known(dst.st_dev, dst.st_ino) {
+                if let Ok(n) = self.table.get(id) {
+                    n.diverted.store(true, Ordering::Relaxed);
+                }
+            }
+            if let Some(tr) = &kept.trash {
+                if dst.st_mode & libc::S_IFMT == libc::S_IFREG {
+                    self.queue_index(tr.clone());
+                }
             }
         }
+        Ok(())
     }
 
     /// Records saying that the entry `name` of `dir` (project-relative `rel`, stat `st`) left
@@ -960,28 +990,13 @@ impl Shared {
         if dst_dir && !self.dir_is_empty(to_dir, newname)? {
             return Err(Errno::ENOTEMPTY);
         }
-        // Swap, then keep the replaced entry (now at the old name, in scratch) as for any
-        // rename-over, and drop it from scratch.
-        rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE)?;
-        match self.keep(from_dir, name, to_rel, &d, t) {
-            Ok(kept) => {
-                if !Self::moved_away(&d) {
-                    let _ = nix::unistd::unlinkat(
-                        from_dir,
-                        name,
-                        nix::unistd::UnlinkatFlags::NoRemoveDir,
-                    );
-                }
-                self.note_rename(src, newparent, newname);
-                self.journal(req, kept);
-                arrived(self);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE);
-                Err(e)
-            }
-        }
+        // Keep the replaced entry as for any rename-over, then replace it.
+        let kept = self.keep_replaced(to_dir, newname, to_rel, &d, t)?;
+        self.replace_with(&kept, &d, (from_dir, name), (to_dir, newname))?;
+        self.note_rename(src, newparent, newname);
+        self.journal(req, kept);
+        arrived(self);
+        Ok(())
     }
 
     fn note_rename(&self, st: &FileStat, newparent: u64, newname: &OsStr) {

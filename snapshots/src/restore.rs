@@ -1235,8 +1235,10 @@ impl Rollback<'_> {
             Op::Rmdir => {
                 self.clear(&path);
                 let perm = r.mode.unwrap_or(0o755) & 0o7777;
-                self.tree
-                    .insert(path, Entry::bare(Kind::Dir, perm, Source::Fresh));
+                let mut e = Entry::bare(Kind::Dir, perm, Source::Fresh);
+                // Keep the identity, so older records about this directory (a chmod) find it.
+                e.ino = r.ino.unwrap_or(0);
+                self.tree.insert(path, e);
             }
             Op::Rename => {
                 let Some(to) = self.path(r.to.as_deref()) else {
@@ -1301,7 +1303,9 @@ impl Rollback<'_> {
                 .collect(),
             _ => Vec::new(),
         };
-        if v.is_empty() && self.tree.contains_key(path) {
+        // Without an identity, the record's path is all there is to go by. With one, an inode
+        // that no entry has (it was replaced since) is not the entry now at that path.
+        if v.is_empty() && r.ino.is_none_or(|i| i == 0) && self.tree.contains_key(path) {
             v.push(path.to_owned());
         }
         v
@@ -1359,7 +1363,7 @@ impl Rollback<'_> {
                 r.mode
             };
             let perm = mode.unwrap_or(0o644) & 0o7777;
-            let n = self.object_node(hex, perm)?.unwrap_or_else(|| {
+            let mut n = self.object_node(hex, perm)?.unwrap_or_else(|| {
                 Entry::bare(
                     Kind::File,
                     perm,
@@ -1368,6 +1372,11 @@ impl Rollback<'_> {
                     )),
                 )
             });
+            // An unlink record's inode is the removed file's (a rename record's is the moving
+            // file's): keep it, so older writes and chmods of that inode find this entry.
+            if r.op == Op::Unlink {
+                n.ino = r.ino.unwrap_or(0);
+            }
             self.tree.insert(p.to_owned(), n);
             return Ok(());
         }

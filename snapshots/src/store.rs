@@ -280,6 +280,32 @@ impl Store {
         })
     }
 
+    /// Give the (non-directory) entry `name` of `parent` a second name in the trash, by hard
+    /// link: O(1), and the entry stays where it is. Used before a rename replaces it, so that a
+    /// crash at any point leaves both the name and the bytes in place. Returns the trash path
+    /// relative to the store.
+    pub fn link_into_trash(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        t_ns: i64,
+    ) -> Result<PathBuf> {
+        self.place_in_trash(rel, t_ns, |dir, leaf| {
+            nix::unistd::linkat(parent, name, dir, leaf, AtFlags::empty())
+        })
+    }
+
+    /// Remove a trash name this process just made and no record refers to (an operation that
+    /// failed after keeping its bytes). Only a name, never the last link of kept bytes.
+    pub fn unlink_trash_name(&self, trash_rel: &Path) {
+        let _ = nix::unistd::unlinkat(
+            self.dir.as_fd(),
+            trash_rel,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+
     /// Put a copy of the symlink, fifo, socket or device node `name` of `parent` (stat `st`)
     /// into the trash, for one that has other hard links and so cannot be moved there (its
     /// other names must keep their link count). The copy has the same type, mode, target or
