@@ -146,7 +146,31 @@ tree costs about a `stat` of every entry."
 
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // Bad usage: one line, like every other error.
+            let text = e.to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = first.join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            eprintln!("saferoot: {first} (see `saferoot --help`)");
+            return 2;
+        }
+    };
     if let Cmd::Daemon { dir } = &cli.cmd {
         return crate::daemon::main(dir);
     }
@@ -657,6 +681,11 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         Some(opened) => opened,
         None => open_store(dir)?,
     };
+    if !dry_run {
+        // A restore (or daemon) killed part-way may have left trash items without records;
+        // journal them first so this restore sees them.
+        let _ = saferoot_snapshots::recover::recover(&store);
+    }
     let opts = restore::Options {
         target_t: target,
         paths: rel,

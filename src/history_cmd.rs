@@ -123,6 +123,7 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
     let rel = project_relative(dir, paths)?;
     let (store, mounted) = open_store(dir)?;
     let now = now_ns();
+    let _ = saferoot_snapshots::recover::recover(&store);
     let report = restore::undelete(&store, &rel, std::process::id(), "saferoot")?;
     if mounted {
         let changed: Vec<PathBuf> = report

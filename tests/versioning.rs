@@ -607,3 +607,69 @@ fn kill_9_during_rename_overs_never_swaps_names() {
     assert_ok(&p.run(&["restore", &t0]));
     assert_same_tree(&before, &digest(&d));
 }
+
+/// An instant taken right after close(2) returns sees the file as written: the end of a write
+/// session is journaled at close, not when the kernel's release comes later.
+#[test]
+fn an_instant_right_after_close_sees_the_new_content() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import time, datetime\n\
+             for i in range(20):\n\
+             \x20   with open('f', 'w') as f: f.write('version %d' % i)\n\
+             \x20   t = time.time_ns()\n\
+             \x20   print(datetime.datetime.fromtimestamp(t // 10**9, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S') + '.%09dZ' % (t % 10**9))\n\
+             \x20   time.sleep(0.005)",
+        ])
+        .current_dir(p.dir())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    for (i, t) in stdout(&o).lines().enumerate() {
+        let to = dest.path().join(i.to_string());
+        assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), t]));
+        assert_eq!(
+            std::fs::read_to_string(to.join("f")).unwrap(),
+            format!("version {i}"),
+            "at {t}"
+        );
+    }
+    p.umount();
+}
+
+/// A hard link between a scratch tree and the protected tree: writes through the scratch
+/// name are still kept, because the protected name shows them too.
+#[test]
+fn hard_links_into_scratch_are_still_protected() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    assert_ok(&p.sh("mkdir node_modules && echo original > y"));
+    p.mount();
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    assert_ok(&p.sh(
+        "ln y node_modules/g && echo overwritten > node_modules/g && truncate -s 2 node_modules/g",
+    ));
+    assert_eq!(std::fs::read(p.dir().join("y")).unwrap(), b"ov");
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    let to = dest.path().join("t");
+    assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), &t0]));
+    assert_eq!(std::fs::read(to.join("y")).unwrap(), b"original\n");
+    p.umount();
+}

@@ -67,6 +67,8 @@ struct OpenFile {
     backing_of: Mutex<Option<Arc<Node>>>,
     /// The node this handle is counted as a writer of, if it was opened for writing.
     writer_of: Option<Arc<Node>>,
+    /// The end of the write session was journaled through this handle.
+    close_journaled: std::sync::atomic::AtomicBool,
 }
 
 impl OpenFile {
@@ -75,6 +77,7 @@ impl OpenFile {
             fd,
             backing_of: Mutex::new(None),
             writer_of,
+            close_journaled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -261,6 +264,12 @@ impl Shared {
         self.opts.config.is_scratch(rel, is_dir)
     }
 
+    /// Does the regular file `node` have more than one link? Such a file is versioned even when
+    /// reached through a scratch name: another of its names may be protected.
+    fn has_other_links(&self, node: &Node) -> bool {
+        node.fmt == libc::S_IFREG && self.stat_node(node).is_ok_and(|st| st.st_nlink > 1)
+    }
+
     /// Keep the current bytes of the regular file `node` in the object store.
     fn preimage_node(&self, node: &Node) -> Result<(String, FileStat), Errno> {
         let fd = self
@@ -301,21 +310,39 @@ impl Shared {
 
     /// A writer of `node` closed. When the last one of a versioned file closes, journal the
     /// end of the write session.
-    fn end_write(&self, req: &Request, node: &Node) {
+    fn end_write(&self, req: &Request, node: &Node, file: &OpenFile) {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
         *w = w.saturating_sub(1);
-        if *w == 0 && node.fmt == libc::S_IFREG {
-            let rel = self.node_rel(node);
-            if !self.is_scratch(&rel, false) {
-                self.journal(
-                    req,
-                    Record {
-                        kind: Some(Kind::File),
-                        ino: Some(node.ino),
-                        ..Record::new(now_ns(), Op::Close, rel, 0, "")
-                    },
-                );
-            }
+        if *w == 0 && !file.close_journaled.swap(true, Ordering::Relaxed) {
+            self.journal_close(req, node);
+        }
+    }
+
+    /// `close(2)` of the last writer: the kernel's release of the handle may come a little
+    /// later (asynchronously), so the end of the write session is journaled here, when the
+    /// closing process returns from close. Later writes through a duplicate of the same
+    /// descriptor are not seen as a new session (they belong to this one).
+    fn flush_write(&self, req: &Request, node: &Node, file: &OpenFile) {
+        let w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+        if *w == 1 && !file.close_journaled.swap(true, Ordering::Relaxed) {
+            self.journal_close(req, node);
+        }
+    }
+
+    fn journal_close(&self, req: &Request, node: &Node) {
+        if node.fmt != libc::S_IFREG {
+            return;
+        }
+        let rel = self.node_rel(node);
+        if !self.is_scratch(&rel, false) || self.has_other_links(node) {
+            self.journal(
+                req,
+                Record {
+                    kind: Some(Kind::File),
+                    ino: Some(node.ino),
+                    ..Record::new(now_ns(), Op::Close, rel, 0, "")
+                },
+            );
         }
     }
 
@@ -872,10 +899,16 @@ impl Shared {
                 Mode::empty(),
             ) {
                 let walk_root = PathBuf::from(format!("/proc/self/fd/{}", top.as_raw_fd()));
+                let scratch = |e: &walkdir::DirEntry| {
+                    e.path()
+                        .strip_prefix(&walk_root)
+                        .is_ok_and(|sub| self.is_scratch(&rel.join(sub), e.file_type().is_dir()))
+                };
                 for e in walkdir::WalkDir::new(&walk_root)
                     .min_depth(1)
                     .follow_links(false)
                     .into_iter()
+                    .filter_entry(|e| !scratch(e))
                     .filter_map(Result::ok)
                 {
                     let (Ok(sub), Some(parent)) =
@@ -1284,7 +1317,8 @@ impl Filesystem for SaferootFs {
                 .map_err(errno)?;
             }
             let rel = s.node_rel(&node);
-            let versioned = !s.is_scratch(&rel, node.is_dir());
+            // A file with several links may have a protected name besides this scratch one.
+            let versioned = !s.is_scratch(&rel, node.is_dir()) || before.st_nlink > 1;
             let mut kept = None;
             if let Some(sz) = size {
                 // A size change destroys or moves bytes: keep them first, unless a write
@@ -1611,7 +1645,8 @@ impl Filesystem for SaferootFs {
             let acc = raw & libc::O_ACCMODE;
             let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR || raw & libc::O_TRUNC != 0;
             let writer_of = if writes {
-                let keep = !s.is_scratch(&s.node_rel(&node), node.is_dir());
+                let keep =
+                    !s.is_scratch(&s.node_rel(&node), node.is_dir()) || s.has_other_links(&node);
                 s.begin_write(req, &node, keep)?;
                 Some(node.clone())
             } else {
@@ -1718,7 +1753,7 @@ impl Filesystem for SaferootFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
@@ -1727,7 +1762,11 @@ impl Filesystem for SaferootFs {
         // close(2) semantics on the backing file (releases POSIX locks, reports delayed errors).
         let r = self.shared.file(fh).and_then(|f| {
             let dup = nix::unistd::dup(f.fd.as_fd()).map_err(errno)?;
-            nix::unistd::close(dup).map_err(errno)
+            nix::unistd::close(dup).map_err(errno)?;
+            if let Some(node) = f.writer_of.as_ref() {
+                self.shared.flush_write(req, node, &f);
+            }
+            Ok(())
         });
         match r {
             Ok(()) => reply.ok(),
@@ -1751,8 +1790,10 @@ impl Filesystem for SaferootFs {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
-        if let Some(w) = file.as_ref().and_then(|f| f.writer_of.as_ref()) {
-            self.shared.end_write(req, w);
+        if let Some(f) = file.as_ref() {
+            if let Some(w) = f.writer_of.as_ref() {
+                self.shared.end_write(req, w, f);
+            }
         }
         if let Some(node) = file.and_then(|f| {
             f.backing_of
