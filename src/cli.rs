@@ -35,7 +35,8 @@ saferoot log                # what was deleted, when, and by which process\n  \
 saferoot restore 10:42      # the tree as it was at 10:42 today"
 )]
 pub struct Cli {
-    /// The project directory [default: the current directory]
+    /// The project directory [default: the nearest directory at or above the current one
+    /// that saferoot protects, else the current directory]
     #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     #[command(subcommand)]
