@@ -1141,6 +1141,17 @@ impl Shared {
         }
     }
 
+    /// The existing entry `name` of directory node `parent`: a descriptor on the directory,
+    /// the entry's project-relative path, and its (not followed) stat.
+    fn entry(&self, parent: INodeNo, name: &OsStr) -> Result<(Fd<'_>, PathBuf, FileStat), Errno> {
+        let pnode = self.node(parent)?;
+        let pfd = self.path_fd(&pnode)?;
+        let rel = self.dir_rel(&pnode, pfd.fd())?.join(name);
+        let st =
+            nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+        Ok((pfd, rel, st))
+    }
+
     /// Create the entry `name` in directory node `parent` with `create` (given the directory's
     /// descriptor), give it to the caller's uid/gid, count the kernel's lookup of it, and
     /// journal it (unless it is in a scratch tree) with the record `record` makes from a base
@@ -1478,11 +1489,7 @@ impl Filesystem for SaferootFs {
             return reply.error(Errno::ENOENT);
         }
         let r = (|| {
-            let pnode = s.node(parent)?;
-            let pfd = s.path_fd(&pnode)?;
-            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
-            let st = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(errno)?;
+            let (pfd, rel, st) = s.entry(parent, name)?;
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                 return Err(Errno::EISDIR);
             }
@@ -1515,11 +1522,7 @@ impl Filesystem for SaferootFs {
             return reply.error(Errno::ENOENT);
         }
         let r = (|| {
-            let pnode = s.node(parent)?;
-            let pfd = s.path_fd(&pnode)?;
-            let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
-            let st = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(errno)?;
+            let (pfd, rel, st) = s.entry(parent, name)?;
             nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)
                 .map_err(errno)?;
             if !s.is_scratch(&rel, true) {
