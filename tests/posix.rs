@@ -7,7 +7,7 @@ use common::*;
 use std::process::{Command, Stdio};
 
 const SCRIPT: &str = r#"
-import ctypes, errno, os, stat
+import ctypes, errno, os, stat, struct
 libc = ctypes.CDLL(None, use_errno=True)
 def renameat2(a, b, flags):
     r = libc.renameat2(-100, a.encode(), -100, b.encode(), flags)
@@ -92,6 +92,12 @@ with open("trunc", "ab") as f:
     f.write(b"+")
 say(("write at offset, truncate, append", get("trunc")))
 say(("statvfs", os.statvfs(".").f_bsize > 0))
+put("capfile", b"x")
+os.setxattr("capfile", "security.capability", struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0))
+say(("file capability set", "security.capability" in os.listxattr("capfile")))
+with open("capfile", "ab") as f:
+    f.write(b"y")
+say(("a write drops it", "security.capability" in os.listxattr("capfile")))
 os.mkdir("modes", 0o711)
 say(("mkdir mode", st("modes")[0]))
 say(("listing", sorted(os.listdir("."))))

@@ -41,6 +41,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use saferoot_snapshots::store::STORE_DIR;
 
+/// The xattr the kernel looks up before every write (to drop file capabilities).
+const SECURITY_CAPABILITY: &[u8] = b"security.capability";
+
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -2017,6 +2020,9 @@ impl Filesystem for SaferootFs {
             let (fd, proc) = s.proc_of(&node)?;
             let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
             let before = s.acl_mode_before(name, fd.fd());
+            if name.as_bytes() == SECURITY_CAPABILITY {
+                node.no_caps.store(false, Ordering::Relaxed);
+            }
             // SAFETY: valid C strings and a valid buffer of value.len() bytes.
             let r = unsafe {
                 libc::setxattr(
@@ -2039,8 +2045,12 @@ impl Filesystem for SaferootFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let s = &self.shared;
+        let caps = name.as_bytes() == SECURITY_CAPABILITY;
         let r = (|| {
             let node = s.node(ino)?;
+            if caps && node.no_caps.load(Ordering::Relaxed) {
+                return Err(Errno::from_i32(libc::ENODATA));
+            }
             let (_fd, proc) = s.proc_of(&node)?;
             let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
             let mut buf = vec![0u8; size as usize];
@@ -2053,7 +2063,14 @@ impl Filesystem for SaferootFs {
                     buf.len(),
                 )
             };
-            let n = sys::last_errno_isize(n).map_err(errno)?;
+            let n = match sys::last_errno_isize(n) {
+                Ok(n) => n,
+                Err(NixErrno::ENODATA) if caps => {
+                    node.no_caps.store(true, Ordering::Relaxed);
+                    return Err(Errno::from_i32(libc::ENODATA));
+                }
+                Err(e) => return Err(errno(e)),
+            };
             buf.truncate(n);
             Ok::<_, Errno>((n, buf))
         })();

@@ -46,6 +46,10 @@ pub struct Node {
     /// Kernel passthrough registration shared by every open handle of this inode, with the
     /// number of handles using it (the kernel wants one backing id per inode).
     pub backing: Mutex<Option<(fuser::BackingId, usize)>>,
+    /// Known to have no `security.capability` xattr. The kernel asks for it before every
+    /// write; answering from here saves reopening the inode each time. Only this daemon can
+    /// add one (through setxattr, which clears this).
+    pub no_caps: AtomicBool,
     /// Open handles that may write. The first one keeps a pre-image; the lock is held while it
     /// is taken, so no second writer can change the file before the bytes are safe.
     pub writers: Mutex<usize>,
@@ -112,6 +116,7 @@ impl Table {
                 diverted: AtomicBool::new(false),
                 backing: Mutex::new(None),
                 writers: Mutex::new(0),
+                no_caps: AtomicBool::new(false),
             }),
         );
         Ok(Table {
@@ -246,6 +251,7 @@ impl Table {
             diverted: AtomicBool::new(false),
             backing: Mutex::new(None),
             writers: Mutex::new(0),
+            no_caps: AtomicBool::new(false),
         });
         nodes.insert(id, node.clone());
         Ok(node)
