@@ -204,6 +204,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
         store.clone(),
         Options {
             config,
+            ttl: cache_ttl(),
             ..Options::default()
         },
     )
@@ -235,6 +236,16 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
             started_ns: now_ns(),
         },
     ))
+}
+
+/// How long the kernel may cache names and attributes: `SAFEROOT_TTL_MS` if set, else the
+/// filesystem's default.
+fn cache_ttl() -> std::time::Duration {
+    std::env::var("SAFEROOT_TTL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| std::time::Duration::from_millis(ms.min(3_600_000)))
+        .unwrap_or(saferoot_fuse::Options::default().ttl)
 }
 
 /// How many threads serve FUSE requests: `SAFEROOT_THREADS` if set (1 to 64), else one per

@@ -1860,7 +1860,12 @@ impl Filesystem for SaferootFs {
             Ok::<_, Errno>(fh)
         })();
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep directory listings: it drops them itself when it changes a
+            // directory through the mount, and restore invalidates what it changes behind it.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(e),
         }
     }
