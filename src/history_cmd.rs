@@ -11,7 +11,7 @@ use crate::control::{self, Request};
 use crate::snapshot_cmd::resolve_time;
 use anyhow::Result;
 use saferoot_snapshots::restore;
-use saferoot_snapshots::{now_ns, time, Kind, Store};
+use saferoot_snapshots::{now_ns, time, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -106,18 +106,6 @@ pub fn diff(dir: &Path, json: bool, t1: &str, t2: Option<&str>, paths: &[PathBuf
     Ok(0)
 }
 
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::File => "file",
-        Kind::Dir => "directory",
-        Kind::Symlink => "symlink",
-        Kind::Fifo => "fifo",
-        Kind::Socket => "socket",
-        Kind::CharDev => "character device",
-        Kind::BlockDev => "block device",
-    }
-}
-
 /// `saferoot undelete PATH…`.
 pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
     let rel = project_relative(dir, paths)?;
@@ -138,7 +126,7 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
     for it in &report.items {
         let removed = format!(
             "{}, removed at {} by {}[{}], {}",
-            kind_name(it.kind),
+            it.kind.name(),
             time::format_utc(it.removed_t),
             crate::cli::shown_text(&it.removed_comm),
             it.removed_pid,

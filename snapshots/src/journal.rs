@@ -117,6 +117,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The type as people say it ("file", "directory", "symlink", …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::CharDev => "character device",
+            Kind::BlockDev => "block device",
+        }
+    }
+
     /// From the `S_IFMT` bits of a mode.
     pub fn from_mode(mode: u32) -> Option<Kind> {
         Some(match mode & libc::S_IFMT {

@@ -460,7 +460,7 @@ fn materialize_as(
                     warnings.push(format!(
                         "{}: a {} cannot be created without privileges; not restored",
                         p.display(),
-                        kind_name(e.kind)
+                        e.kind.name()
                     ));
                     continue;
                 }
@@ -1000,18 +1000,6 @@ fn kind_bits(k: Kind) -> u32 {
         Kind::Socket => libc::S_IFSOCK,
         Kind::CharDev => libc::S_IFCHR,
         Kind::BlockDev => libc::S_IFBLK,
-    }
-}
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::File => "file",
-        Kind::Dir => "directory",
-        Kind::Symlink => "symlink",
-        Kind::Fifo => "fifo",
-        Kind::Socket => "socket",
-        Kind::CharDev => "character device",
-        Kind::BlockDev => "block device",
     }
 }
 
@@ -1555,7 +1543,7 @@ fn plan(
                             "cannot restore {}: {} is now a {}; restore {} itself instead",
                             p.display(),
                             a.display(),
-                            kind_name(n.kind),
+                            n.kind.name(),
                             a.display()
                         )))
                     }
@@ -2065,7 +2053,7 @@ impl Exec<'_, '_> {
                     self.warnings.push(format!(
                         "{}: a {} cannot be created without privileges; not restored",
                         p.display(),
-                        kind_name(w.kind)
+                        w.kind.name()
                     ));
                     return Ok(None);
                 }
