@@ -435,19 +435,7 @@ fn materialize_as(
                 finish.push((p.clone(), e.clone()));
             }
             Kind::File => {
-                let src = fs.open_source(&e.src, p)?;
-                let dst = nix::fcntl::openat(
-                    dfd.as_fd(),
-                    n,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|err| Error::io("create", &shown, err))?;
-                fill(src.as_fd(), dst.as_fd(), e, &shown, privileged)?;
+                copy_file_at(&mut fs, dfd.as_fd(), n, p, e, &shown, privileged)?;
             }
             Kind::Symlink => {
                 let target = e.target.clone().unwrap_or_default();
@@ -2004,32 +1992,8 @@ impl Exec<'_, '_> {
                 }));
             }
             Kind::File => {
-                let src = self.fs.open_source(&w.src, p)?;
-                let dst = nix::fcntl::openat(
-                    dfd.as_fd(),
-                    n,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| Error::io("create", &shown, e))?;
-                let filled = fill(src.as_fd(), dst.as_fd(), w, &shown, self.privileged);
-                let ino = filled.and_then(|()| {
-                    nix::sys::stat::fstat(dst.as_fd())
-                        .map(|st| st.st_ino)
-                        .map_err(|e| Error::io("stat", &shown, e))
-                });
-                let ino = match ino {
-                    Ok(ino) => ino,
-                    Err(e) => {
-                        // Our own incomplete copy, never journaled: removing it loses nothing.
-                        let _ = nix::unistd::unlinkat(dfd.as_fd(), n, UnlinkatFlags::NoRemoveDir);
-                        return Err(e);
-                    }
-                };
+                let ino =
+                    copy_file_at(&mut self.fs, dfd.as_fd(), n, p, w, &shown, self.privileged)?;
                 self.journal(Record {
                     kind: Some(Kind::File),
                     mode: Some(w.mode()),
@@ -2092,6 +2056,37 @@ impl Exec<'_, '_> {
 }
 
 /// Copy the bytes, then owner (privileged only), mode and mtime, onto a new regular file.
+/// Create `n` in `dfd` as a copy of the regular file entry `e` (project path `p`): its bytes
+/// from wherever they are kept, then its mode, owner and mtime. A copy that fails part-way is
+/// removed (it is ours, and nothing refers to it). Returns the new file's inode number.
+fn copy_file_at(
+    fs: &mut Fs<'_>,
+    dfd: BorrowedFd<'_>,
+    n: &OsStr,
+    p: &Path,
+    e: &Entry,
+    shown: &Path,
+    privileged: bool,
+) -> Result<u64> {
+    let src = fs.open_source(&e.src, p)?;
+    let dst = nix::fcntl::openat(
+        dfd,
+        n,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|err| Error::io("create", shown, err))?;
+    let done = fill(src.as_fd(), dst.as_fd(), e, shown, privileged).and_then(|()| {
+        nix::sys::stat::fstat(dst.as_fd())
+            .map(|st| st.st_ino)
+            .map_err(|err| Error::io("stat", shown, err))
+    });
+    if done.is_err() {
+        let _ = nix::unistd::unlinkat(dfd, n, UnlinkatFlags::NoRemoveDir);
+    }
+    done
+}
+
 fn fill(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
