@@ -205,7 +205,6 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
         Options {
             config,
             ttl: cache_ttl(),
-            ..Options::default()
         },
     )
     .context("start the filesystem")?;

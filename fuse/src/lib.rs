@@ -301,7 +301,7 @@ impl Shared {
                     mode: Some(st.st_mode),
                     size: Some(st.st_size as u64),
                     ino: Some(st.st_ino),
-                    links: (st.st_nlink > 1).then_some(st.st_nlink as u64),
+                    links: (st.st_nlink > 1).then_some(st.st_nlink),
                     object: Some(h),
                     ..Record::new(now_ns(), Op::Write, self.node_rel(node), 0, "")
                 },
@@ -719,7 +719,7 @@ impl Shared {
                 ..Record::new(t, Op::Unlink, rel, 0, "")
             }
         };
-        rec.links = (st.st_nlink > 1).then_some(st.st_nlink as u64);
+        rec.links = (st.st_nlink > 1).then_some(st.st_nlink);
         Ok(rec)
     }
 
@@ -1136,7 +1136,7 @@ impl Shared {
                     mode: Some(after.st_mode),
                     old_mode: Some(before.st_mode),
                     ino: Some(after.st_ino),
-                    links: (after.st_nlink > 1).then_some(after.st_nlink as u64),
+                    links: (after.st_nlink > 1).then_some(after.st_nlink),
                     note: Some("mode changed by an ACL".into()),
                     ..Record::new(now_ns(), Op::Setattr, rel, 0, "")
                 },
@@ -1996,11 +1996,11 @@ impl Filesystem for SaferootFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match nix::sys::statvfs::fstatvfs(self.shared.table.root_fd()) {
             Ok(v) => reply.statfs(
-                v.blocks() as u64,
-                v.blocks_free() as u64,
-                v.blocks_available() as u64,
-                v.files() as u64,
-                v.files_free() as u64,
+                v.blocks(),
+                v.blocks_free(),
+                v.blocks_available(),
+                v.files(),
+                v.files_free(),
                 v.block_size() as u32,
                 v.name_max() as u32,
                 v.fragment_size() as u32,
