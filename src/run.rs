@@ -149,6 +149,16 @@ fn run_mounted(
         let store = dir.join(saferoot_fuse::STORE_DIR);
         sandbox::ensure_no_write_rule_contains(&policy, &[dir, &store], &[mount])?;
         let p = sandbox::prepare(&policy)?;
+        if p.abi() < 6 {
+            // Without ABI 6 scoping, the agent (root, like the daemon) could connect to the
+            // daemon's abstract control socket and be handed the real directory.
+            bail!(
+                "this kernel's Landlock (ABI {}) cannot keep the agent away from saferoot's \
+                 control socket (needs ABI 6, Linux 6.12 or later); pass --no-sandbox to run \
+                 without the sandbox",
+                p.abi()
+            );
+        }
         for l in p.limitations() {
             eprintln!("saferoot: warning: this kernel's Landlock cannot {l}");
         }

@@ -673,3 +673,48 @@ fn hard_links_into_scratch_are_still_protected() {
     assert_eq!(std::fs::read(to.join("y")).unwrap(), b"original\n");
     p.umount();
 }
+
+/// A filesystem mounted inside the project (its files live on another device: reached by
+/// descriptor, and not movable into the store): overwrites, deletions and rename-overs there
+/// are kept too, by copy.
+#[test]
+fn a_mount_inside_the_project_is_versioned_by_copy() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let sub = p.dir().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=8m"),
+    )
+    .expect("mount a tmpfs inside the project");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _guard = Unmount(sub.clone());
+    assert_ok(&p.sh("echo one > sub/a && echo two > sub/b && echo three > sub/c && ln -s a sub/l"));
+    p.mount();
+    let before = digest(p.dir());
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    assert_ok(
+        &p.sh("echo changed > sub/a && rm sub/b sub/l && echo new > sub/n && mv sub/n sub/c"),
+    );
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    let to = dest.path().join("t");
+    assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), &t0]));
+    assert_same_tree(&before, &digest(&to));
+    p.umount();
+}

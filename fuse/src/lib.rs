@@ -120,12 +120,16 @@ fn store_errno(e: &saferoot_snapshots::Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// A timestamp from `stat`; never panics, whatever the file's times are (out-of-range ones
+/// are clamped to the epoch).
 fn systime(secs: i64, nsecs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    let nsecs = Duration::from_nanos(nsecs.clamp(0, 999_999_999) as u64);
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs as u64))
     } else {
-        UNIX_EPOCH - Duration::new((-secs) as u64, 0) + Duration::from_nanos(nsecs as u64)
-    }
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+    };
+    t.and_then(|t| t.checked_add(nsecs)).unwrap_or(UNIX_EPOCH)
 }
 
 fn file_type(fmt: u32) -> FileType {
@@ -292,7 +296,8 @@ impl Shared {
     /// open fails with the store's error.
     fn begin_write(&self, req: &Request, node: &Arc<Node>, keep: bool) -> Result<(), Errno> {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-        if *w == 0 && keep && node.fmt == libc::S_IFREG {
+        let new_session = *w == 0 || node.session_closed.swap(false, Ordering::Relaxed);
+        if new_session && keep && node.fmt == libc::S_IFREG {
             let (h, st) = self.preimage_node(node)?;
             self.journal(
                 req,
@@ -316,8 +321,11 @@ impl Shared {
     fn end_write(&self, req: &Request, node: &Node, file: &OpenFile) {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
         *w = w.saturating_sub(1);
-        if *w == 0 && !file.close_journaled.swap(true, Ordering::Relaxed) {
-            self.journal_close(req, node);
+        if *w == 0 {
+            node.session_closed.store(false, Ordering::Relaxed);
+            if !file.close_journaled.swap(true, Ordering::Relaxed) {
+                self.journal_close(req, node);
+            }
         }
     }
 
@@ -329,6 +337,7 @@ impl Shared {
         let w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
         if *w == 1 && !file.close_journaled.swap(true, Ordering::Relaxed) {
             self.journal_close(req, node);
+            node.session_closed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -364,6 +373,9 @@ impl Shared {
         }
         let p = sys::fd_path(fd).map_err(errno)?;
         match p.strip_prefix(&self.root_prefix) {
+            // A directory inside the store (a process whose working directory was moved into
+            // the trash) is not part of the project: nothing may be created there.
+            Ok(rel) if rel.starts_with(STORE_DIR) => Err(Errno::ENOENT),
             Ok(rel) if !rel.as_os_str().is_empty() => Ok(rel.to_owned()),
             _ => Err(Errno::ENOENT),
         }
@@ -505,41 +517,77 @@ impl Shared {
             ..Record::new(t, Op::Unlink, rel, 0, "")
         };
         if st.st_nlink <= 1 || fmt == libc::S_IFDIR {
-            let trash = self
-                .store
-                .divert_to_trash(dir, name, rel, t)
-                .map_err(|e| store_errno(&e))?;
-            if let Some(id) = self.table.known(st.st_dev, st.st_ino) {
-                if let Ok(n) = self.table.get(id) {
-                    n.diverted.store(true, Ordering::Relaxed);
+            // A file still open for writing keeps changing after it is moved: keep its bytes
+            // as they are now too, and let the record point at that copy.
+            let node = self
+                .table
+                .known(st.st_dev, st.st_ino)
+                .and_then(|id| self.table.get(id).ok());
+            let open_for_writing = node
+                .as_ref()
+                .is_some_and(|n| *n.writers.lock().unwrap_or_else(|p| p.into_inner()) > 0);
+            if open_for_writing && fmt == libc::S_IFREG {
+                self.keep_copy(dir, name, rel, st, t, &mut rec)?;
+            }
+            match self.store.divert_to_trash(dir, name, rel, t) {
+                Ok(trash) => {
+                    if let Some(n) = node {
+                        n.diverted.store(true, Ordering::Relaxed);
+                    }
+                    if fmt == libc::S_IFREG {
+                        self.queue_index(trash.clone());
+                    }
+                    rec.trash = Some(trash);
                 }
+                // On another filesystem (a mount inside the project) it cannot be moved into
+                // the store: keep a copy, then remove it here, as the move would have.
+                Err(e) if e.errno() == libc::EXDEV && fmt != libc::S_IFDIR => {
+                    self.keep_copy(dir, name, rel, st, t, &mut rec)?;
+                    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                        .map_err(errno)?;
+                }
+                Err(e) => return Err(store_errno(&e)),
             }
-            if fmt == libc::S_IFREG {
-                self.queue_index(trash.clone());
-            }
-            rec.trash = Some(trash);
-        } else if fmt == libc::S_IFREG {
-            let fd = nix::fcntl::openat(
-                dir,
-                name,
-                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(errno)?;
-            let hex = self
-                .store
-                .put_object(fd.as_fd())
-                .map_err(|e| store_errno(&e))?;
-            rec.object = Some(hex);
         } else {
-            // A symlink, fifo, socket or device node with other links: keep a copy of it.
-            let trash = self
-                .store
-                .copy_special_to_trash(dir, name, rel, st, t)
-                .map_err(|e| store_errno(&e))?;
-            rec.trash = Some(trash);
+            self.keep_copy(dir, name, rel, st, t, &mut rec)?;
         }
         Ok(rec)
+    }
+
+    /// Keep a copy of the non-directory `name` of `dir` in `rec`: a regular file's bytes as an
+    /// object, a symlink, fifo, socket or device node as a copy in the trash.
+    fn keep_copy(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        st: &FileStat,
+        t: i64,
+        rec: &mut Record,
+    ) -> Result<(), Errno> {
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            if rec.object.is_none() {
+                let fd = nix::fcntl::openat(
+                    dir,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(errno)?;
+                rec.object = Some(
+                    self.store
+                        .preimage(fd.as_fd(), st)
+                        .map_err(|e| store_errno(&e))?,
+                );
+            }
+        } else {
+            rec.trash = Some(
+                self.store
+                    .copy_special_to_trash(dir, name, rel, st, t)
+                    .map_err(|e| store_errno(&e))?,
+            );
+        }
+        Ok(())
     }
 
     /// Did [`Shared::keep`] move the entry itself away (so there is nothing left to remove)?
@@ -706,18 +754,22 @@ impl Shared {
         let mut rec = if fmt == libc::S_IFDIR || st.st_nlink > 1 {
             self.keep(dir, name, rel, st, t)?
         } else {
-            let trash = self
-                .store
-                .link_into_trash(dir, name, rel, t)
-                .map_err(|e| store_errno(&e))?;
-            Record {
+            let mut rec = Record {
                 kind: Kind::from_mode(st.st_mode),
                 mode: Some(st.st_mode),
                 ino: Some(st.st_ino),
                 size: Some(st.st_size as u64),
-                trash: Some(trash),
                 ..Record::new(t, Op::Unlink, rel, 0, "")
+            };
+            match self.store.link_into_trash(dir, name, rel, t) {
+                Ok(trash) => rec.trash = Some(trash),
+                // On another filesystem: a copy instead of a link.
+                Err(e) if e.errno() == libc::EXDEV => {
+                    self.keep_copy(dir, name, rel, st, t, &mut rec)?
+                }
+                Err(e) => return Err(store_errno(&e)),
             }
+            rec
         };
         rec.links = (st.st_nlink > 1).then_some(st.st_nlink);
         Ok(rec)
@@ -750,7 +802,8 @@ impl Shared {
                         nix::fcntl::RenameFlags::RENAME_NOREPLACE,
                     );
                 }
-                (Some(tr), false, false) => self.store.unlink_trash_name(tr),
+                // A hard link into the trash, or a copy of a special file: ours, unrecorded.
+                (Some(tr), false, _) => self.store.unlink_trash_name(tr),
                 _ => {}
             }
             return Err(errno(e));
@@ -1313,6 +1366,20 @@ impl Filesystem for SaferootFs {
             let (pfd, proc) = s.proc_of(&node)?;
             let before = nix::sys::stat::fstat(pfd.fd()).map_err(errno)?;
             let open = fh.and_then(|fh| s.file(fh).ok());
+            let rel = s.node_rel(&node);
+            // A file with several links may have a protected name besides this scratch one.
+            let versioned = !s.is_scratch(&rel, node.is_dir()) || before.st_nlink > 1;
+            // A size change destroys or moves bytes: keep them before changing anything (so a
+            // failure changes nothing), unless a write session is open (its first writer kept
+            // the file when it opened it).
+            let mut kept = None;
+            if let Some(sz) = size {
+                let w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+                let in_session = *w > 0 && !node.session_closed.load(Ordering::Relaxed);
+                if versioned && !in_session && sz as i64 != before.st_size {
+                    kept = Some(s.preimage_node(&node)?.0);
+                }
+            }
             if let Some(m) = mode {
                 if node.fmt != libc::S_IFLNK {
                     // SAFETY: proc is a valid C string.
@@ -1330,18 +1397,7 @@ impl Filesystem for SaferootFs {
                 )
                 .map_err(errno)?;
             }
-            let rel = s.node_rel(&node);
-            // A file with several links may have a protected name besides this scratch one.
-            let versioned = !s.is_scratch(&rel, node.is_dir()) || before.st_nlink > 1;
-            let mut kept = None;
             if let Some(sz) = size {
-                // A size change destroys or moves bytes: keep them first, unless a write
-                // session is open (its first writer kept the file when it opened it).
-                let w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-                if versioned && *w == 0 && sz as i64 != before.st_size {
-                    kept = Some(s.preimage_node(&node)?.0);
-                }
-                drop(w);
                 match &open {
                     Some(f) => nix::unistd::ftruncate(f.fd.as_fd(), sz as i64).map_err(errno)?,
                     None => {
@@ -1639,7 +1695,10 @@ impl Filesystem for SaferootFs {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
-            let raw = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+            // O_TRUNC (sent only if the kernel does not truncate through setattr first) is
+            // applied after the pre-image, never by the open itself.
+            let trunc = flags.0 & libc::O_TRUNC != 0;
+            let raw = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
             let fd = match s
                 .table
                 .open(&node, OFlag::from_bits_retain(raw))
@@ -1649,7 +1708,7 @@ impl Filesystem for SaferootFs {
                 Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
             };
             let acc = raw & libc::O_ACCMODE;
-            let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR || raw & libc::O_TRUNC != 0;
+            let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR || trunc;
             let writer_of = if writes {
                 let keep =
                     !s.is_scratch(&s.node_rel(&node), node.is_dir()) || s.has_other_links(&node);
@@ -1658,6 +1717,15 @@ impl Filesystem for SaferootFs {
             } else {
                 None
             };
+            if trunc {
+                if let Err(e) = nix::unistd::ftruncate(fd.as_fd(), 0) {
+                    if let Some(n) = &writer_of {
+                        let mut w = n.writers.lock().unwrap_or_else(|p| p.into_inner());
+                        *w = w.saturating_sub(1);
+                    }
+                    return Err(errno(e));
+                }
+            }
             let fh = s.new_fh();
             let file = OpenFile::new(fd, writer_of);
             s.files

@@ -50,6 +50,11 @@ pub struct Node {
     /// write; answering from here saves reopening the inode each time. Only this daemon can
     /// add one (through setxattr, which clears this).
     pub no_caps: AtomicBool,
+    /// The last writer's close(2) ended the write session, but the kernel has not released its
+    /// handle yet (release comes later, asynchronously): a new open for writing starts a new
+    /// session and must keep a pre-image even though `writers` is not 0. Changed under the
+    /// `writers` lock.
+    pub session_closed: AtomicBool,
     /// Open handles that may write. The first one keeps a pre-image; the lock is held while it
     /// is taken, so no second writer can change the file before the bytes are safe.
     pub writers: Mutex<usize>,
@@ -117,6 +122,7 @@ impl Table {
                 backing: Mutex::new(None),
                 writers: Mutex::new(0),
                 no_caps: AtomicBool::new(false),
+                session_closed: AtomicBool::new(false),
             }),
         );
         Ok(Table {
@@ -189,9 +195,11 @@ impl Table {
                 h,
                 flags.bits(),
             )?)),
+            // Reopened through its /proc magic link, which O_NOFOLLOW would refuse (ELOOP);
+            // the descriptor already names the object, so there is nothing to follow.
             NodeRef::Fd(fd) => Ok(Fd::Owned(nix::fcntl::open(
                 sys::proc_path(fd.as_fd()).as_c_str(),
-                flags | OFlag::O_CLOEXEC,
+                (flags - OFlag::O_NOFOLLOW) | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?)),
         }
@@ -252,6 +260,7 @@ impl Table {
             backing: Mutex::new(None),
             writers: Mutex::new(0),
             no_caps: AtomicBool::new(false),
+            session_closed: AtomicBool::new(false),
         });
         nodes.insert(id, node.clone());
         Ok(node)

@@ -8,8 +8,9 @@
 //! original path. The record is dated at the end of that second (so a restore to any instant
 //! before the deletion brings it back) and says it was recovered.
 //!
-//! What this module does not do: guess which operation it was (a lost rename-over is recovered
-//! as the unlink of the replaced file), or touch the trash.
+//! What this module does not do: guess which operation it was (a rename-over whose records
+//! were lost is recovered as the unlink of the replaced file; one interrupted before its rename
+//! left the file in place with a second name in the trash, which is skipped), or touch the trash.
 
 use crate::journal::{self, Kind, Op, Record};
 use crate::store::TRASH_DIR;
@@ -67,6 +68,11 @@ pub fn recover(store: &Store) -> Result<usize> {
             continue;
         };
         use std::os::unix::fs::MetadataExt;
+        // A trash name of a file that still has another link is a rename-over interrupted
+        // between its hard link into the trash and the rename: nothing was removed.
+        if md.nlink() > 1 && !md.is_dir() {
+            continue;
+        }
         found.push(Record {
             kind: Kind::from_mode(md.mode()),
             mode: Some(md.mode()),

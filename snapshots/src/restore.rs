@@ -1324,7 +1324,9 @@ impl Rollback<'_> {
     /// or an Unknown entry if the record kept nothing.
     fn bring_back(&mut self, p: &Path, r: &Record) -> Result<()> {
         let when = format_utc(r.t);
-        if let Some(tr) = &r.trash {
+        // A record with both kept the bytes as they were at that instant in `object` (the file
+        // was still open for writing, and the trash item may have changed since).
+        if let Some(tr) = r.trash.as_ref().filter(|_| r.object.is_none()) {
             if check_relative(tr).is_err() {
                 self.skipped += 1;
                 return Ok(());

@@ -624,7 +624,11 @@ impl CacheKey {
 
 /// `objects/ab/cdef…` for a hex hash.
 pub fn object_rel(hex: &str) -> PathBuf {
-    Path::new(OBJECTS_DIR).join(&hex[..2]).join(&hex[2..])
+    // Names come from journal records too: never slice past the end or inside a character.
+    match (hex.get(..2), hex.get(2..)) {
+        (Some(a), Some(b)) if !b.is_empty() => Path::new(OBJECTS_DIR).join(a).join(b),
+        _ => Path::new(OBJECTS_DIR).join("invalid").join(hex),
+    }
 }
 
 /// blake3 of everything readable from `fd` (from offset 0, with pread).
