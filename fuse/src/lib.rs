@@ -2,14 +2,18 @@
 //! destructive operations would destroy.
 //!
 //! Every operation is forwarded with `*at()` calls relative to descriptors on the real directory,
-//! opened before the mount covered it. Before an unlink of a file's last link, or a rename over
-//! an existing name, the old object is moved into the store's trash by rename (O(1) in file
-//! size) and only then is the operation reported done; every change is journaled with the
-//! process that made it. The store directory (`.saferoot` at the root) does not exist as far as
-//! the mount is concerned.
+//! opened before the mount covered it. Before an operation destroys bytes, they are kept in the
+//! store: an unlinked last link is moved into the trash by rename (O(1) in file size); a file a
+//! rename replaces gets a second name in the trash by hard link before the rename; the first
+//! open for writing of a file, and a size change outside a write session, copy its bytes into
+//! the object store. Only then does the operation proceed, and every change is journaled with
+//! the process that made it. The store directory (`.saferoot` at the root) does not exist as far
+//! as the mount is concerned.
 //!
-//! Requests are served on several threads; there is no lock around backing I/O (the inode table
-//! and handle tables are locked only to look entries up).
+//! Requests are served on several threads. No lock is held around backing I/O in general; two
+//! are held across a little of it on purpose: an inode's writer count while its pre-image is
+//! copied (no second writer may change the file before its bytes are safe), and the store's
+//! trash-directory set while a trash directory is created.
 //!
 //! What this crate does not do: decide policy about who may use the mount (the kernel enforces
 //! permissions via `default_permissions`; the sandbox is the CLI's job), or restore anything.
@@ -47,9 +51,9 @@ const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// How long the kernel may cache names and attributes. Nothing but this daemon changes the
-    /// backing directory while it is mounted (restore asks the daemon to invalidate), so this
-    /// can be long.
+    /// How long the kernel may cache names and attributes. Nothing but this daemon and a
+    /// restore (which asks the daemon to invalidate what it changed) changes the backing
+    /// directory while it is mounted, so this could be long; the default is 1 s.
     pub ttl: Duration,
     /// Which trees pass through unversioned (see `saferoot_snapshots::config`).
     pub config: Config,
@@ -149,8 +153,8 @@ fn is_store(parent: INodeNo, name: &OsStr) -> bool {
 }
 
 impl SaferootFs {
-    /// `root` is a descriptor on the real project directory (opened before mounting over it);
-    /// `root_path` its path, used in messages and to compute relative paths.
+    /// `root` is a descriptor on the real project directory, opened before mounting over it;
+    /// paths are computed from what the kernel reports for descriptors under it.
     pub fn new(root: OwnedFd, store: Arc<Store>, opts: Options) -> std::io::Result<SaferootFs> {
         let root_prefix = sys::fd_path(root.as_fd())?;
         let table = Table::new(root)?;
@@ -1285,9 +1289,9 @@ impl Filesystem for SaferootFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            // The kernel then handles POSIX ACLs like a local filesystem: it checks them, and
-            // a mode change made by setting an ACL reaches us as a setattr (journaled, and
-            // never stale in the attribute cache).
+            // The kernel then handles POSIX ACLs like a local filesystem: it checks them and
+            // drops its cached attributes when one is set, so a mode changed by an ACL is never
+            // stale; setxattr journals that mode change.
             | InitFlags::FUSE_POSIX_ACL;
         for f in wanted.iter() {
             let _ = config.add_capabilities(f);

@@ -59,10 +59,10 @@ pub enum Op {
     /// Metadata change on `path`: `mode` is the new mode, `old_mode` the previous one;
     /// `size` is set for a truncate.
     Setattr,
-    /// `path` was opened for writing by the first writer of its inode (a write session began);
-    /// `object` is its content just before (the pre-image). Everything that changes bytes in
-    /// place (writes, appends, mmap, fallocate punch/collapse, copy_file_range) needs such a
-    /// descriptor, so it is covered by this record.
+    /// `path` was opened for writing and a write session began (the first writer of its inode,
+    /// or the first after the previous session's close); `object` is its content just before
+    /// (the pre-image). Everything that changes bytes in place (writes, appends, mmap, fallocate
+    /// punch/collapse, copy_file_range) needs such a descriptor, so it is covered by this record.
     Write,
     /// Marker: a restore to instant `target_t` started. The changes it made follow as ordinary
     /// records (`unlink` to trash for what it displaced, `create`/`mkdir`/`symlink` for what it
