@@ -820,21 +820,30 @@ fn trees_at(
 /// next `close` of the same inode, else the next mount or unmount (a daemon that stopped
 /// closed every file), else never (still open).
 fn write_sessions(records: &[Record]) -> Vec<(&Record, i64)> {
+    // One pass from the newest record back, remembering the nearest later `close` of each
+    // inode and the nearest later mount or unmount.
+    let mut next_close: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
+    let mut next_mount = i64::MAX;
     let mut out = Vec::new();
-    for (i, w) in records.iter().enumerate() {
-        if w.op != Op::Write || w.object.is_none() {
-            continue;
+    for r in records.iter().rev() {
+        match r.op {
+            Op::Close => {
+                if let Some(ino) = r.ino {
+                    next_close.insert(ino, r.t);
+                }
+            }
+            Op::Mount | Op::Umount => next_mount = r.t,
+            Op::Write if r.object.is_some() => {
+                let close = r
+                    .ino
+                    .and_then(|ino| next_close.get(&ino).copied())
+                    .unwrap_or(i64::MAX);
+                out.push((r, close.min(next_mount)));
+            }
+            _ => {}
         }
-        let end = records[i + 1..]
-            .iter()
-            .find(|r| {
-                (r.op == Op::Close && r.ino == w.ino && w.ino.is_some())
-                    || matches!(r.op, Op::Mount | Op::Umount)
-            })
-            .map(|r| r.t)
-            .unwrap_or(i64::MAX);
-        out.push((w, end));
     }
+    out.reverse();
     out
 }
 
