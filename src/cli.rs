@@ -398,7 +398,7 @@ fn warn_if_inside(dir: &Path) {
 
 /// Mount `dir` by starting the daemon; returns its pid once the mount is live.
 pub fn mount(dir: &Path) -> Result<(u32, Child)> {
-    if let Some((rep, _)) = control::call(dir, &Request::Status)? {
+    if let Some(rep) = control::status(dir)? {
         bail!(
             "{} is already mounted by saferoot (daemon pid {})",
             dir.display(),
@@ -756,8 +756,8 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
 }
 
 fn status(dir: &Path) -> Result<i32> {
-    match control::call(dir, &Request::Status)? {
-        Some((rep, _)) => println!(
+    match control::status(dir)? {
+        Some(rep) => println!(
             "{}: mounted (daemon pid {}, since {})",
             dir.display(),
             rep.pid,

@@ -174,6 +174,19 @@ pub fn recv_line(fd: &OwnedFd) -> nix::Result<(Vec<u8>, Option<OwnedFd>)> {
     Ok((out, passed))
 }
 
+/// Is a daemon serving `dir`? Its status if so. A daemon that is exiting can accept a
+/// connection and close it unanswered; that is asked again once, a moment later, before it
+/// counts as an error.
+pub fn status(dir: &Path) -> Result<Option<Reply>> {
+    match call(dir, &Request::Status) {
+        Ok(r) => Ok(r.map(|(rep, _)| rep)),
+        Err(_) => {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Ok(call(dir, &Request::Status)?.map(|(rep, _)| rep))
+        }
+    }
+}
+
 /// Send a request to the daemon serving `dir` and read its reply. `Ok(None)` if no daemon.
 pub fn call(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>)>> {
     let Some(fd) = connect(dir)? else {

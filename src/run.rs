@@ -81,7 +81,7 @@ pub fn run(dir: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
         );
     }
 
-    let mounted_here = match crate::control::call(dir, &crate::control::Request::Status)? {
+    let mounted_here = match crate::control::status(dir)? {
         Some(_) => None,
         None => Some(cli::mount(dir)?),
     };
