@@ -10,7 +10,7 @@
 //!
 //! What this module does not do: act on requests (see daemon.rs).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
     UnixAddr,
@@ -174,27 +174,57 @@ pub fn recv_line(fd: &OwnedFd) -> nix::Result<(Vec<u8>, Option<OwnedFd>)> {
     Ok((out, passed))
 }
 
-/// Is a daemon serving `dir`? Its status if so. A daemon that is exiting can accept a
-/// connection and close it unanswered; that is asked again once, a moment later, before it
-/// counts as an error.
+/// Is a daemon serving `dir`? Its status if so.
 pub fn status(dir: &Path) -> Result<Option<Reply>> {
-    match call(dir, &Request::Status) {
-        Ok(r) => Ok(r.map(|(rep, _)| rep)),
-        Err(_) => {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            Ok(call(dir, &Request::Status)?.map(|(rep, _)| rep))
-        }
-    }
+    Ok(call(dir, &Request::Status)?.map(|(rep, _)| rep))
 }
 
 /// Send a request to the daemon serving `dir` and read its reply. `Ok(None)` if no daemon.
+///
+/// A daemon that is exiting (unmounted, or killed) can still accept a connection and then
+/// reset or close it unanswered: such a failure is retried once, a moment later, when the
+/// socket is gone or answers.
 pub fn call(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>)>> {
+    match call_once(dir, req) {
+        Err(e) if e.downcast_ref::<Unanswered>().is_some() => {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            call_once(dir, req)
+        }
+        r => r,
+    }
+}
+
+/// The daemon accepted the connection but did not answer.
+#[derive(Debug)]
+struct Unanswered(String);
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unanswered {}
+
+fn call_once(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>)>> {
     let Some(fd) = connect(dir)? else {
         return Ok(None);
     };
     let line = serde_json::to_vec(req)?;
-    send_line(&fd, &line, None).context("send to saferoot daemon")?;
-    let (reply, passed) = recv_line(&fd).context("read from saferoot daemon")?;
+    match send_line(&fd, &line, None) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPIPE) | Err(nix::errno::Errno::ECONNRESET) => {
+            return Err(Unanswered("the saferoot daemon closed the connection".into()).into())
+        }
+        Err(e) => return Err(anyhow!("send to saferoot daemon: {e}")),
+    }
+    let (reply, passed) = match recv_line(&fd) {
+        Ok(x) => x,
+        Err(nix::errno::Errno::ECONNRESET) => {
+            return Err(Unanswered("the saferoot daemon reset the connection".into()).into())
+        }
+        Err(e) => return Err(anyhow!("read from saferoot daemon: {e}")),
+    };
     if reply.is_empty() {
         let peer = socket::getsockopt(&fd, socket::sockopt::PeerCredentials)
             .map(|c| c.pid())
@@ -207,9 +237,10 @@ pub fn call(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>)
                     .to_owned()
             })
             .unwrap_or_default();
-        bail!(
+        return Err(Unanswered(format!(
             "the saferoot daemon (pid {peer}: {cmdline}) closed the connection without answering"
-        );
+        ))
+        .into());
     }
     let reply: Reply = serde_json::from_slice(&reply).context("parse daemon reply")?;
     Ok(Some((reply, passed)))

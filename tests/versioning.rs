@@ -143,6 +143,29 @@ fn cargo_build_stays_out_of_the_store_and_env_files_are_protected() {
     );
 }
 
+/// Kill the daemon with SIGKILL and wait until it is gone.
+fn kill_daemon(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
 fn daemon_pid(p: &Project) -> i32 {
     let o = p.run(&["status"]);
     assert_ok(&o);
@@ -198,11 +221,7 @@ fn kill_9_during_rm_rf_loses_nothing() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_daemon(pid);
     let status = rm.wait().unwrap();
     assert!(!status.success(), "rm should fail once the daemon is gone");
     // The mount is dead: umount cleans it up and journals what the daemon left unrecorded.
@@ -586,11 +605,7 @@ fn kill_9_during_rename_overs_never_swaps_names() {
     {
         std::thread::sleep(Duration::from_millis(2));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_daemon(pid);
     let _ = mv.wait();
     assert_ok(&p.run(&["umount"]));
     for i in 0..n {
