@@ -1131,6 +1131,21 @@ impl Shared {
         Ok(())
     }
 
+    /// The directory handle, locked, with its listing read afresh when the kernel starts
+    /// over (offset 0) or has none yet.
+    fn listing<'d>(
+        &self,
+        dh: &'d Mutex<DirHandle>,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<std::sync::MutexGuard<'d, DirHandle>, Errno> {
+        let mut g = dh.lock().unwrap_or_else(|p| p.into_inner());
+        if offset == 0 || g.entries.is_none() {
+            self.fill_dir(&mut g, ino.0 == ROOT_ID)?;
+        }
+        Ok(g)
+    }
+
     fn dir_handle(&self, fh: FileHandle) -> Result<Arc<Mutex<DirHandle>>, Errno> {
         self.dirs
             .read()
@@ -1953,10 +1968,7 @@ impl Filesystem for SaferootFs {
         let s = &self.shared;
         let r = (|| {
             let dh = s.dir_handle(fh)?;
-            let mut dh = dh.lock().unwrap_or_else(|p| p.into_inner());
-            if offset == 0 || dh.entries.is_none() {
-                s.fill_dir(&mut dh, ino.0 == ROOT_ID)?;
-            }
+            let dh = s.listing(&dh, ino, offset)?;
             let entries = dh.entries.as_deref().unwrap_or_default();
             for (i, (d_ino, fmt, name)) in entries.iter().enumerate().skip(offset as usize) {
                 if reply.add(INodeNo(*d_ino), (i + 1) as u64, file_type(*fmt), name) {
@@ -1983,11 +1995,8 @@ impl Filesystem for SaferootFs {
         let r = (|| {
             let node = s.node(ino)?;
             let dh = s.dir_handle(fh)?;
-            let mut dh = dh.lock().unwrap_or_else(|p| p.into_inner());
-            if offset == 0 || dh.entries.is_none() {
-                s.fill_dir(&mut dh, ino.0 == ROOT_ID)?;
-            }
-            let entries = dh.entries.clone().unwrap_or_default();
+            let dh = s.listing(&dh, ino, offset)?;
+            let entries = dh.entries.as_deref().unwrap_or_default();
             let dirfd = dh.fd.as_fd();
             for (i, (d_ino, fmt, name)) in entries.iter().enumerate().skip(offset as usize) {
                 let off = (i + 1) as u64;
