@@ -55,16 +55,36 @@ pub enum Cmd {
         lazy: bool,
     },
     /// Run CMD in DIR, mounted, inside the sandbox; exit with CMD's status
-    #[command(
-        after_help = "CMD runs with DIR as its working directory. It may write only \
-inside DIR (through the mount), in a private temporary directory (TMPDIR), and to terminal and \
-null devices; it can read and execute everything else. If DIR was not mounted, saferoot mounts \
-it for the run and unmounts it afterwards."
-    )]
+    #[command(after_help = RUN_HELP)]
     Run {
-        /// Run without the Landlock sandbox: CMD can then write anywhere, including around the mount
+        /// Run without the sandbox: CMD can then write anywhere, including around the mount
         #[arg(long)]
         no_sandbox: bool,
+        /// The sandbox profile: which home paths, ports and environment CMD gets
+        /// (`saferoot profile list`) [default: generic]
+        #[arg(long, short = 'p', value_name = "NAME")]
+        profile: Option<String>,
+        /// Also let CMD read (and execute) PATH and what is below it
+        #[arg(long, value_name = "PATH")]
+        allow_read: Vec<PathBuf>,
+        /// Also let CMD write PATH and what is below it (never the real project or its store)
+        #[arg(long, value_name = "PATH")]
+        allow_write: Vec<PathBuf>,
+        /// Also let CMD connect to TCP port N (any address)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        allow_port: Vec<u16>,
+        /// Also let CMD listen on TCP port N
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        allow_bind: Vec<u16>,
+        /// Run CMD as this unprivileged account (the daemon and the store stay yours)
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Run even though another session is live on DIR
+        #[arg(long)]
+        join: bool,
+        /// Print the profile, every sandbox rule and the enforced features before starting
+        #[arg(long, short = 'v')]
+        verbose: bool,
         /// The command and its arguments (put them after `--`)
         #[arg(
             required = true,
@@ -73,6 +93,21 @@ it for the run and unmounts it afterwards."
             value_name = "CMD"
         )]
         cmd: Vec<OsString>,
+    },
+    /// List the sandbox profiles, or show one with everything it allows
+    Profile {
+        #[command(subcommand)]
+        action: ProfileCmd,
+    },
+    /// Show what the sandbox refused in a session, and the flag that would allow each
+    Denials {
+        /// Session number (1 is the first `saferoot run` in this directory; negative counts
+        /// from the newest: -1 is the last) [default: the last session]
+        #[arg(long, short = 's', value_name = "N", allow_negative_numbers = true)]
+        session: Option<i64>,
+        /// One JSON object per denial
+        #[arg(long)]
+        json: bool,
     },
     /// Show the journal of changes, oldest first (all of it, or the history of some paths)
     #[command(after_help = TIME_HELP)]
@@ -145,6 +180,30 @@ tree costs about a `stat` of every entry."
     Daemon { dir: PathBuf },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ProfileCmd {
+    /// Every profile: name, where it comes from, what it is for
+    List,
+    /// A profile with its `extends` chain applied, as TOML
+    Show {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+const RUN_HELP: &str = "CMD runs with DIR as its working directory, under Landlock and seccomp. \
+It may write only inside DIR (through the mount, so every change can be undone), in a private \
+temporary directory (TMPDIR), and to terminal and null devices. It may read the system \
+(/usr, /etc, /opt, …) and, in your home directory, only what the profile lists: secrets such as \
+~/.ssh, ~/.aws or shell history stay unreadable. TCP connections go only to the profile's ports. \
+It cannot mount, trace, use io_uring, create namespaces, or signal the saferoot daemon. \
+Changes to .git/hooks, .git/config and the paths under `protect` in DIR/.saferoot/config.toml are \
+refused.\n\nWhen CMD ends, saferoot prints what changed (undo with `saferoot restore @start`) and \
+what was refused, each with the --allow-… flag that would permit it. If DIR was not mounted, \
+saferoot mounts it for the run and unmounts it afterwards. One session per directory: a second \
+`run` is refused while one is live, unless --join.\n\nExamples:\n  saferoot run --profile pi -- pi\n  \
+saferoot run --allow-port 8080 -- npm test\n  saferoot run -v -- sh";
+
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -205,9 +264,38 @@ fn dispatch(cli: Cli) -> Result<i32> {
             println!("saferoot: unmounted {}", dir.display());
             Ok(0)
         }
-        Cmd::Run { no_sandbox, cmd } => {
+        Cmd::Run {
+            no_sandbox,
+            profile,
+            allow_read,
+            allow_write,
+            allow_port,
+            allow_bind,
+            user,
+            join,
+            verbose,
+            cmd,
+        } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
-            crate::run::run(&dir, &cmd, no_sandbox)
+            let opts = crate::run::Options {
+                no_sandbox,
+                profile,
+                extra: crate::policy::Extra {
+                    allow_read,
+                    allow_write,
+                    allow_port,
+                    allow_bind,
+                },
+                user,
+                join,
+                verbose,
+            };
+            crate::run::run(&dir, &cmd, &opts)
+        }
+        Cmd::Profile { action } => crate::denials_cmd::profile(action),
+        Cmd::Denials { session, json } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::denials_cmd::denials(&dir, session, json)
         }
         Cmd::Log { json, since, paths } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
@@ -757,12 +845,33 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
 
 fn status(dir: &Path) -> Result<i32> {
     match control::status(dir)? {
-        Some(rep) => println!(
-            "{}: mounted (daemon pid {}, since {})",
-            dir.display(),
-            rep.pid,
-            rep.started_ns.map(time::format_utc).unwrap_or_default()
-        ),
+        Some(rep) => {
+            println!(
+                "{}: mounted (daemon pid {}, since {})",
+                dir.display(),
+                rep.pid,
+                rep.started_ns.map(time::format_utc).unwrap_or_default()
+            );
+            if rep.sessions.is_empty() {
+                println!("sessions: none live");
+            }
+            for s in &rep.sessions {
+                println!(
+                    "session: pid {}, since {}, `{}`, {}",
+                    s.pid,
+                    time::format_local_short(s.session),
+                    shown_text(&s.cmd),
+                    match (&s.profile, s.sandboxed) {
+                        (Some(p), true) => format!("sandboxed (profile {p})"),
+                        (None, true) => "sandboxed".to_string(),
+                        (_, false) => "NOT sandboxed (--no-sandbox)".to_string(),
+                    }
+                );
+                for f in &s.features {
+                    println!("  enforced: {f}");
+                }
+            }
+        }
         None if mounts::saferoot_mounted(dir) => println!(
             "{}: mounted, but the daemon is gone (run `saferoot -C {} umount`)",
             dir.display(),
@@ -783,6 +892,13 @@ fn status(dir: &Path) -> Result<i32> {
             );
         }
         Err(e) => println!("history: {e:#}"),
+    }
+    match crate::sandbox::landlock_abi() {
+        Some(abi) => println!(
+            "sandbox on this kernel: {}",
+            crate::sandbox::features_for_abi(abi).join("; ")
+        ),
+        None => println!("sandbox on this kernel: no Landlock (`run` needs --no-sandbox)"),
     }
     Ok(0)
 }

@@ -37,6 +37,32 @@ pub enum Request {
         #[serde(default)]
         lazy: bool,
     },
+    /// A `saferoot run` process (the caller) starts a session. Refused while another session is
+    /// live, unless `join`.
+    BeginSession { info: SessionInfo, join: bool },
+    /// The session of `run` process `pid` ended.
+    EndSession { pid: u32 },
+}
+
+/// A live `saferoot run` session, as the daemon knows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The `run` process.
+    pub pid: u32,
+    /// Its start time in clock ticks after boot (tells a recycled pid apart).
+    pub start_ticks: u64,
+    /// The session id: the time of its `run` journal record (ns since the epoch).
+    pub session: i64,
+    /// The command it runs.
+    pub cmd: String,
+    /// Whether the agent runs inside the sandbox.
+    pub sandboxed: bool,
+    /// The profile in force, if sandboxed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// What the sandbox enforces on this kernel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -50,6 +76,9 @@ pub struct Reply {
     pub dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_ns: Option<i64>,
+    /// Live `run` sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<SessionInfo>,
 }
 
 /// The abstract socket name for a (canonical) project directory.

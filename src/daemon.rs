@@ -71,6 +71,66 @@ struct Running {
     ctl: OwnedFd,
     notifier: fuser::Notifier,
     started_ns: i64,
+    sessions: std::sync::Mutex<Vec<control::SessionInfo>>,
+}
+
+impl Running {
+    /// The live sessions (dead ones dropped, and the FUSE guard told).
+    fn live_sessions(&self) -> Vec<control::SessionInfo> {
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let before = s.len();
+        s.retain(|x| {
+            saferoot_fuse::guard::proc_stat(x.pid).is_some_and(|(_, t)| t == x.start_ticks)
+        });
+        if s.len() != before {
+            self.update_guard(&s);
+        }
+        s.clone()
+    }
+
+    fn update_guard(&self, s: &[control::SessionInfo]) {
+        self.shared.guard.set(
+            s.iter()
+                .map(|x| saferoot_fuse::guard::GuardedSession {
+                    pid: x.pid,
+                    start_ticks: x.start_ticks,
+                    session: x.session,
+                })
+                .collect(),
+        );
+    }
+
+    fn begin_session(&self, info: control::SessionInfo, join: bool, peer: Option<u32>) -> Result<()> {
+        if peer != Some(info.pid) {
+            bail!("a session can only be registered by its own `saferoot run` process");
+        }
+        if saferoot_fuse::guard::proc_stat(info.pid).map(|(_, t)| t) != Some(info.start_ticks) {
+            bail!("process {} is not the one that asked", info.pid);
+        }
+        let live = self.live_sessions();
+        if !join {
+            if let Some(h) = live.first() {
+                bail!(
+                    "{} already has a live agent session: pid {}, `{}`, since {}                      (pass --join to run beside it)",
+                    self.dir.display(),
+                    h.pid,
+                    h.cmd,
+                    saferoot_snapshots::time::format_local_short(h.session)
+                );
+            }
+        }
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        s.retain(|x| x.pid != info.pid);
+        s.push(info);
+        self.update_guard(&s);
+        Ok(())
+    }
+
+    fn end_session(&self, pid: u32) {
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        s.retain(|x| x.pid != pid);
+        self.update_guard(&s);
+    }
 }
 
 fn record(store: &Store, op: Op) {
@@ -233,6 +293,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
             ctl,
             notifier,
             started_ns: now_ns(),
+            sessions: std::sync::Mutex::new(Vec::new()),
         },
     ))
 }
@@ -339,9 +400,31 @@ fn control_loop(r: &Running) {
             dir: Some(r.dir.clone()),
             started_ns: Some(r.started_ns),
             error: None,
+            sessions: Vec::new(),
         };
         match req {
             Request::Status => {
+                let rep = Reply {
+                    sessions: r.live_sessions(),
+                    ..base
+                };
+                let _ = reply(&conn, rep, None);
+            }
+            Request::BeginSession { info, join } => {
+                let peer = nix::sys::socket::getsockopt(
+                    &conn,
+                    nix::sys::socket::sockopt::PeerCredentials,
+                )
+                .ok()
+                .map(|c| c.pid() as u32);
+                let rep = match r.begin_session(info, join, peer) {
+                    Ok(()) => base,
+                    Err(e) => err_reply(format!("{e:#}")),
+                };
+                let _ = reply(&conn, rep, None);
+            }
+            Request::EndSession { pid } => {
+                r.end_session(pid);
                 let _ = reply(&conn, base, None);
             }
             Request::Fd => {

@@ -4,8 +4,13 @@
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod denials_cmd;
 pub mod history_cmd;
 pub mod mounts;
+pub mod policy;
+pub mod profile;
 pub mod run;
+pub mod audit;
 pub mod sandbox;
+pub mod seccomp;
 pub mod snapshot_cmd;

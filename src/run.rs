@@ -5,15 +5,21 @@
 //! the mount is live, so it names the FUSE root, never the real directory underneath.
 
 use crate::cli;
+use crate::control::{self, Request, SessionInfo};
+use crate::policy::{self, Extra};
+use crate::profile::{self, Profile};
 use crate::sandbox;
-use anyhow::{bail, Context, Result};
-use std::ffi::{OsStr, OsString};
+use anyhow::{anyhow, bail, Context, Result};
+use saferoot_snapshots::denials::Denial;
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Find CMD the way the shell would (PATH search unless it contains a slash; relative paths
 /// are relative to the project, where it will run). Errors use the shell's exit codes.
@@ -56,11 +62,72 @@ fn resolve_cmd(dir: &Path, cmd: &OsStr) -> Result<PathBuf, (i32, String)> {
     }
 }
 
-pub fn run(dir: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
+/// Everything `saferoot run` was asked for besides the command.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub no_sandbox: bool,
+    pub profile: Option<String>,
+    pub extra: Extra,
+    pub user: Option<String>,
+    pub join: bool,
+    pub verbose: bool,
+}
+
+/// The account the agent runs as under `--user`.
+struct Account {
+    name: String,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    home: PathBuf,
+    shell: PathBuf,
+}
+
+fn account(name: &str) -> Result<Account> {
+    let u = nix::unistd::User::from_name(name)
+        .map_err(|e| anyhow!("--user {name}: cannot look the account up: {e}"))?
+        .ok_or_else(|| anyhow!("--user {name}: no such account"))?;
+    if u.uid.is_root() {
+        bail!("--user {name}: the agent's account must not be root (uid 0)");
+    }
+    let cname = CString::new(name).map_err(|_| anyhow!("--user: bad account name"))?;
+    let groups = nix::unistd::getgrouplist(&cname, u.gid)
+        .map_err(|e| anyhow!("--user {name}: cannot list its groups: {e}"))?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    Ok(Account {
+        name: name.to_string(),
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        groups,
+        home: u.dir,
+        shell: u.shell,
+    })
+}
+
+pub fn run(dir: &Path, cmd: &[OsString], opts: &Options) -> Result<i32> {
     let Some(program) = cmd.first() else {
         bail!("no command given: use `saferoot run -- CMD [ARGS...]`");
     };
     // Check everything we can before touching the disk.
+    if opts.no_sandbox
+        && (opts.profile.is_some()
+            || !opts.extra.allow_read.is_empty()
+            || !opts.extra.allow_write.is_empty()
+            || !opts.extra.allow_port.is_empty()
+            || !opts.extra.allow_bind.is_empty())
+    {
+        bail!("--no-sandbox cannot be combined with --profile or --allow-*: there is no sandbox to adjust");
+    }
+    let profile = if opts.no_sandbox {
+        None
+    } else {
+        Some(profile::load(
+            opts.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE),
+        )?)
+    };
+    let account = opts.user.as_deref().map(account).transpose()?;
     // CMD starts where the user is, when that is inside the project (through the mount), else
     // at the project's root.
     let workdir = std::env::current_dir()
@@ -74,18 +141,27 @@ pub fn run(dir: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
             return Ok(code);
         }
     };
-    if !no_sandbox && sandbox::landlock_abi().is_none() {
+    if !opts.no_sandbox && sandbox::landlock_abi().is_none() {
         bail!(
             "Landlock is not available on this kernel (needed to keep the agent inside the \
              project); pass --no-sandbox to run without it"
         );
     }
 
-    let mounted_here = match crate::control::status(dir)? {
+    let mounted_here = match control::status(dir)? {
         Some(_) => None,
         None => Some(cli::mount(dir)?),
     };
-    let result = run_mounted(dir, &workdir, &exe, cmd, no_sandbox);
+    let result = session(
+        dir,
+        &workdir,
+        &exe,
+        cmd,
+        opts,
+        profile.as_ref(),
+        account.as_ref(),
+        mounted_here.as_ref().map(|(pid, _)| *pid),
+    );
     if let Some((_pid, mut child)) = mounted_here {
         match cli::umount(dir, false) {
             Ok(()) => {
@@ -107,14 +183,15 @@ pub fn run(dir: &Path, cmd: &[OsString], no_sandbox: bool) -> Result<i32> {
     result
 }
 
-/// Journal the start of this session (`@start`) through the daemon's store.
-fn record_run_start(dir: &Path, cmd: &[OsString]) -> Result<()> {
+/// Journal the start of this session (`@start`) through the daemon's store; returns its time,
+/// which is also the session's id.
+fn record_run_start(dir: &Path, cmd: &[OsString]) -> Result<i64> {
     let (store, _) = cli::open_store(dir)?;
-    let line: Vec<_> = cmd.iter().map(|a| a.to_string_lossy()).collect();
+    let t = saferoot_snapshots::now_ns();
     let rec = saferoot_snapshots::Record {
-        note: Some(line.join(" ")),
+        note: Some(command_line(cmd)),
         ..saferoot_snapshots::Record::new(
-            saferoot_snapshots::now_ns(),
+            t,
             saferoot_snapshots::Op::Run,
             ".",
             std::process::id(),
@@ -124,86 +201,610 @@ fn record_run_start(dir: &Path, cmd: &[OsString]) -> Result<()> {
     store
         .journal()
         .append(&rec)
-        .context("record the start of the session in the journal")
+        .context("record the start of the session in the journal")?;
+    Ok(t)
 }
 
-fn run_mounted(
+fn command_line(cmd: &[OsString]) -> String {
+    let line: Vec<_> = cmd.iter().map(|a| a.to_string_lossy()).collect();
+    line.join(" ")
+}
+
+/// The sandbox, ready to enter in the child.
+struct Sandbox {
+    landlock: Arc<sandbox::Prepared>,
+    seccomp: Arc<crate::seccomp::Filter>,
+    built: policy::Built,
+}
+
+fn prepare_sandbox(
+    dir: &Path,
+    tmpdir: &Path,
+    profile: &Profile,
+    opts: &Options,
+    account: Option<&Account>,
+) -> Result<Sandbox> {
+    let mount = sandbox::verify_fuse_mount(dir)?;
+    let store = dir.join(saferoot_fuse::STORE_DIR);
+    let my_home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let (home, others) = match account {
+        Some(a) => (a.home.clone(), vec![my_home]),
+        None => (my_home, Vec::new()),
+    };
+    let built = policy::build(&policy::Session {
+        profile,
+        extra: &opts.extra,
+        home: &home,
+        other_homes: &others,
+        mount: &mount,
+        project: dir,
+        store: &store,
+        tmpdir,
+        owner: account.map(|a| (a.uid, a.gid)),
+    })?;
+    let p = sandbox::prepare(&built.policy)?;
+    if p.abi() < 6 {
+        // Without ABI 6 scoping, the agent (root, like the daemon) could connect to the
+        // daemon's abstract control socket and be handed the real directory.
+        bail!(
+            "this kernel's Landlock (ABI {}) cannot keep the agent away from saferoot's \
+             control socket (needs ABI 6, Linux 6.12 or later); pass --no-sandbox to run \
+             without the sandbox",
+            p.abi()
+        );
+    }
+    for l in p.limitations() {
+        eprintln!("saferoot: warning: this kernel's Landlock cannot {l}");
+    }
+    let seccomp = crate::seccomp::build()?;
+    Ok(Sandbox {
+        landlock: Arc::new(p),
+        seccomp: Arc::new(seccomp),
+        built,
+    })
+}
+
+/// The agent's environment: what the profile passes of ours, plus the session's own.
+fn agent_env(profile: Option<&Profile>, account: Option<&Account>) -> Vec<(OsString, OsString)> {
+    let mut out: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            let Some(k) = k.to_str() else { return false };
+            match profile {
+                Some(p) => profile::env_allowed(&p.env, k),
+                // Unsandboxed: everything, as the user has it.
+                None => true,
+            }
+        })
+        .collect();
+    if let Some(a) = account {
+        out.retain(|(k, _)| !matches!(k.to_str(), Some("HOME" | "USER" | "LOGNAME" | "SHELL")));
+        out.push(("HOME".into(), a.home.clone().into()));
+        out.push(("USER".into(), a.name.clone().into()));
+        out.push(("LOGNAME".into(), a.name.clone().into()));
+        out.push(("SHELL".into(), a.shell.clone().into()));
+    }
+    out
+}
+
+fn start_ticks() -> u64 {
+    saferoot_fuse::guard::proc_stat(std::process::id())
+        .map(|(_, t)| t)
+        .unwrap_or(0)
+}
+
+fn session(
     dir: &Path,
     workdir: &Path,
     exe: &Path,
     cmd: &[OsString],
-    no_sandbox: bool,
+    opts: &Options,
+    profile: Option<&Profile>,
+    account: Option<&Account>,
+    daemon: Option<u32>,
 ) -> Result<i32> {
     let tmpdir = sandbox::private_tmpdir(dir)?;
-    let prepared = if no_sandbox {
-        eprintln!(
-            "saferoot: WARNING: --no-sandbox: {} can write anywhere, including around the \
-             mount; only changes made through {} are protected",
-            cmd[0].to_string_lossy(),
-            dir.display()
-        );
-        None
-    } else {
-        let mount = sandbox::verify_fuse_mount(dir)?;
-        let policy = sandbox::Policy::for_project(dir, &tmpdir);
-        let store = dir.join(saferoot_fuse::STORE_DIR);
-        sandbox::ensure_no_write_rule_contains(&policy, &[dir, &store], &[mount])?;
-        let p = sandbox::prepare(&policy)?;
-        if p.abi() < 6 {
-            // Without ABI 6 scoping, the agent (root, like the daemon) could connect to the
-            // daemon's abstract control socket and be handed the real directory.
-            bail!(
-                "this kernel's Landlock (ABI {}) cannot keep the agent away from saferoot's \
-                 control socket (needs ABI 6, Linux 6.12 or later); pass --no-sandbox to run \
-                 without the sandbox",
-                p.abi()
+    let cleanup_tmp = |t: &Path| {
+        let _ = std::fs::remove_dir_all(t);
+    };
+    if let Some(a) = account {
+        if let Err(e) = std::os::unix::fs::chown(&tmpdir, Some(a.uid), Some(a.gid)) {
+            cleanup_tmp(&tmpdir);
+            bail!("chown {}: {}", tmpdir.display(), cli::strip_os_error(&e));
+        }
+    }
+    let sbx = match profile {
+        None => {
+            eprintln!(
+                "saferoot: WARNING: --no-sandbox: {} can write anywhere, including around the \
+                 mount; only changes made through {} are protected",
+                cmd[0].to_string_lossy(),
+                dir.display()
             );
+            None
         }
-        for l in p.limitations() {
-            eprintln!("saferoot: warning: this kernel's Landlock cannot {l}");
+        Some(p) => match prepare_sandbox(dir, &tmpdir, p, opts, account) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                cleanup_tmp(&tmpdir);
+                return Err(e);
+            }
+        },
+    };
+    let features = sbx
+        .as_ref()
+        .map(|s| {
+            let mut f = s.landlock.features();
+            f.push(format!(
+                "seccomp: {} system call rules ({} BPF instructions)",
+                crate::seccomp::denied_summary().len(),
+                s.seccomp.len()
+            ));
+            f
+        })
+        .unwrap_or_default();
+    if opts.verbose {
+        if let (Some(p), Some(s)) = (profile, &sbx) {
+            print_verbose(p, s, &features, account);
         }
-        Some(Arc::new(p))
+    }
+
+    // Orphans of the agent come back to us rather than to init, so they stay recognizable as
+    // the agent's (the FUSE guard walks parents) and can be cleaned up at the end.
+    // SAFETY: plain prctl on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0);
+    }
+    let session_t = match record_run_start(dir, cmd) {
+        Ok(t) => t,
+        Err(e) => {
+            cleanup_tmp(&tmpdir);
+            return Err(e);
+        }
+    };
+    let info = SessionInfo {
+        pid: std::process::id(),
+        start_ticks: start_ticks(),
+        session: session_t,
+        cmd: command_line(cmd),
+        sandboxed: sbx.is_some(),
+        profile: profile.map(|p| p.name.clone()),
+        features: features.clone(),
+    };
+    match control::call(
+        dir,
+        &Request::BeginSession {
+            info,
+            join: opts.join,
+        },
+    ) {
+        Ok(Some((rep, _))) if rep.ok => {}
+        Ok(Some((rep, _))) => {
+            cleanup_tmp(&tmpdir);
+            bail!("{}", rep.error.unwrap_or_else(|| "the daemon refused the session".into()));
+        }
+        Ok(None) => {
+            cleanup_tmp(&tmpdir);
+            bail!("{} is no longer mounted", dir.display());
+        }
+        Err(e) => {
+            cleanup_tmp(&tmpdir);
+            return Err(e);
+        }
+    }
+
+    let collector = if sbx.is_some() {
+        match crate::audit::Collector::start() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("saferoot: note: Landlock and seccomp denials will not be listed: {e}");
+                None
+            }
+        }
+    } else {
+        None
     };
 
-    if let Err(e) = record_run_start(dir, cmd) {
-        let _ = std::fs::remove_dir_all(&tmpdir);
-        return Err(e);
-    }
     let mut command = Command::new(exe);
     command
         .arg0(&cmd[0])
         .args(&cmd[1..])
         .current_dir(workdir)
+        .env_clear()
+        .envs(agent_env(profile, account))
         .env("TMPDIR", &tmpdir)
         .env("SAFEROOT_DIR", dir);
-    let p2 = prepared.clone();
-    // SAFETY: the closure only makes async-signal-safe calls (signal, prctl, landlock syscalls).
+    let landlock = sbx.as_ref().map(|s| s.landlock.clone());
+    let seccomp = sbx.as_ref().map(|s| s.seccomp.clone());
+    let ids = account.map(|a| (a.uid, a.gid, a.groups.clone()));
+    // SAFETY: the closure only makes async-signal-safe calls (signal, setgroups/setgid/setuid,
+    // prctl, landlock and seccomp system calls, close_range); nothing allocates.
     unsafe {
         command.pre_exec(move || {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
             libc::signal(libc::SIGQUIT, libc::SIG_DFL);
-            if let Some(p) = &p2 {
-                p.apply_in_child()?;
+            if let Some((uid, gid, groups)) = &ids {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(*gid, *gid, *gid) != 0
+                    || libc::setresuid(*uid, *uid, *uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(l) = &landlock {
+                l.apply_in_child()?;
+            }
+            // Descriptors inherited from whoever started saferoot (a shell's descriptor on the
+            // real project directory, say) must not reach the agent: mark them all
+            // close-on-exec (closing them now would also close std's exec-error pipe).
+            if libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(f) = &seccomp {
+                f.apply_in_child()?;
             }
             Ok(())
         });
     }
-    // While CMD runs, Ctrl-C is for CMD; we stay to unmount afterwards.
+    // While CMD runs, Ctrl-C is for CMD; we stay to clean up afterwards.
     // SAFETY: ignoring signals installs no handler code.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let status = command.spawn().and_then(|mut c| c.wait());
+    let status = command.spawn().and_then(|mut c| {
+        if let Some(col) = &collector {
+            col.watch(c.id());
+        }
+        c.wait()
+    });
+    // What the agent left running would outlive the session unguarded: stop it.
+    kill_descendants(daemon);
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGQUIT, libc::SIG_DFL);
     }
-    let _ = std::fs::remove_dir_all(&tmpdir);
+    let _ = control::call(
+        dir,
+        &Request::EndSession {
+            pid: std::process::id(),
+        },
+    );
+    cleanup_tmp(&tmpdir);
+    let report = collector.map(|c| c.finish());
+    let lost_note = report.as_ref().and_then(|r| {
+        (r.lost > 0).then(|| {
+            format!(
+                "{} denial records were lost by the kernel's audit queue",
+                r.lost
+            )
+        })
+    });
+    let kernel_denials: Vec<Denial> = report
+        .map(|r| r.denials)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| to_denial(d, session_t))
+        .collect();
+    if let Ok((store, _)) = cli::open_store(dir) {
+        if let Err(e) = saferoot_snapshots::denials::append(&store, &kernel_denials) {
+            eprintln!("saferoot: warning: cannot record the session's denials: {e}");
+        }
+    }
     let status = status.with_context(|| format!("run {}", exe.display()))?;
-    Ok(match (status.code(), status.signal()) {
+    let code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(s)) => 128 + s,
         _ => 1,
-    })
+    };
+    if let Err(e) = summary(dir, session_t, code, sbx.as_ref(), account, lost_note) {
+        eprintln!("saferoot: warning: cannot summarize the session: {e:#}");
+    }
+    Ok(code)
+}
+
+fn print_verbose(p: &Profile, s: &Sandbox, features: &[String], account: Option<&Account>) {
+    let chain = if p.chain.len() > 1 {
+        format!(", extends {}", p.chain[1..].join(" → "))
+    } else {
+        String::new()
+    };
+    eprintln!("saferoot: profile {} ({}{chain})", p.name, p.origin);
+    if let Some(a) = account {
+        eprintln!("saferoot: agent runs as {} (uid {}, gid {})", a.name, a.uid, a.gid);
+    }
+    for f in features {
+        eprintln!("saferoot: enforced: {f}");
+    }
+    let pol = &s.built.policy;
+    for (label, list) in [
+        ("read+exec", &pol.read_exec),
+        ("read+write", &pol.write),
+        ("device", &pol.write_files),
+    ] {
+        for path in list {
+            let origin = s
+                .built
+                .origins
+                .iter()
+                .find(|(x, _)| x == path)
+                .map(|(_, o)| format!(" ({o})"))
+                .unwrap_or_default();
+            eprintln!("saferoot: {label}: {}{origin}", cli::shown(path));
+        }
+    }
+    let ports = |v: &[u16]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        }
+    };
+    eprintln!("saferoot: tcp connect: {}", ports(&pol.connect));
+    eprintln!("saferoot: tcp bind: {}", ports(&pol.bind));
+    for c in &s.built.created {
+        eprintln!("saferoot: created {}", cli::shown(c));
+    }
+}
+
+/// Send SIGKILL to every process that descends from this one (the agent's leftovers; as a
+/// child subreaper we are the ancestor of all of them) and reap them; spare the mount daemon
+/// this run started.
+fn kill_descendants(spare: Option<u32>) {
+    let me = std::process::id();
+    for _round in 0..20 {
+        let mut found = false;
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if pid == me
+                    || !descends_from(pid, me)
+                    || spare.is_some_and(|d| pid == d || descends_from(pid, d))
+                {
+                    continue;
+                }
+                found = true;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // Reap our children that died (the agent's orphans were re-parented to us), never
+        // the daemon: `run` waits for it after unmounting.
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if spare == Some(pid) {
+                    continue;
+                }
+                if saferoot_fuse::guard::proc_stat(pid).is_some_and(|(pp, _)| pp == me) {
+                    let _ = nix::sys::wait::waitpid(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                    );
+                }
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    for _ in 0..128 {
+        match saferoot_fuse::guard::proc_stat(pid) {
+            Some((ppid, _)) if ppid == ancestor => return true,
+            Some((ppid, _)) if ppid > 1 => pid = ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn to_denial(d: crate::audit::Denial, session: i64) -> Denial {
+    let syscall = d.syscall.map(|n| {
+        crate::seccomp::syscall_name(n)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("#{n}"))
+    });
+    Denial {
+        t: d.time_ns,
+        session,
+        by: match d.source {
+            crate::audit::Source::Landlock => "landlock".into(),
+            crate::audit::Source::Seccomp => "seccomp".into(),
+        },
+        access: d.access,
+        path: d.path,
+        port: d.port,
+        addr: d.addr,
+        syscall,
+        pid: d.pid,
+        comm: d.comm,
+        exe: d.exe,
+    }
+}
+
+/// How a denial could be allowed: the flag, and the profile line. `None` when saferoot will not
+/// allow it (a secret, a protected path, a forbidden system call).
+pub fn remedy(d: &Denial, home: Option<&Path>) -> String {
+    let home_rel = |p: &Path| -> Option<PathBuf> {
+        home.and_then(|h| p.strip_prefix(h).ok().map(Path::to_path_buf))
+    };
+    match d.by.as_str() {
+        "fuse" => "a protected path: the sandbox never lets an agent change it (it acts outside \
+                   the sandbox); do it yourself after the session"
+            .to_string(),
+        "seccomp" => "a forbidden system call: saferoot does not allow it for agents".to_string(),
+        _ if d.access.starts_with("net.connect") => match d.port {
+            Some(p) => format!("allow with --allow-port {p} (profile: connect = [{p}])"),
+            None => "a network connection".to_string(),
+        },
+        _ if d.access.starts_with("net.bind") => match d.port {
+            Some(p) => format!("allow with --allow-bind {p} (profile: bind = [{p}])"),
+            None => "a network bind".to_string(),
+        },
+        _ if d.access.starts_with("scope.") => {
+            "outside the sandbox: agents may not signal or connect to other processes".to_string()
+        }
+        _ => {
+            let Some(path) = d.path.as_deref().map(Path::new) else {
+                return "no path reported".to_string();
+            };
+            let writes = !d.access.starts_with("fs.read") && d.access != "fs.execute";
+            // Creating or removing a name needs rights on the directory.
+            let target: PathBuf = if writes
+                && (d.access.starts_with("fs.make") || d.access.starts_with("fs.remove"))
+            {
+                path.parent().unwrap_or(path).to_path_buf()
+            } else {
+                path.to_path_buf()
+            };
+            if let Some(rel) = home_rel(&target) {
+                if profile::SECRETS
+                    .iter()
+                    .any(|s| rel.starts_with(s))
+                {
+                    return format!(
+                        "a secret: no profile can allow it (only an explicit --allow-read {})",
+                        target.display()
+                    );
+                }
+            }
+            let flag = if writes { "--allow-write" } else { "--allow-read" };
+            let line = match home_rel(&target) {
+                Some(rel) => format!(
+                    "{} = [{:?}]",
+                    if writes { "home_write" } else { "home_read" },
+                    rel.display().to_string()
+                ),
+                None => format!(
+                    "{} = [{:?}]",
+                    if writes { "write" } else { "read" },
+                    target.display().to_string()
+                ),
+            };
+            format!("allow with {flag} {} (profile: {line})", target.display())
+        }
+    }
+}
+
+/// What a denial was about, for grouping: the path or address:port.
+fn denial_target(d: &Denial) -> String {
+    if let Some(p) = &d.path {
+        return cli::shown_text(p);
+    }
+    match (&d.addr, d.port) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (None, Some(p)) => format!("port {p}"),
+        _ => d
+            .syscall
+            .as_deref()
+            .map(|s| format!("{s}()"))
+            .unwrap_or_else(|| "?".into()),
+    }
+}
+
+/// Group denials by (target, source, access): (target, by, access) → (count, comms, remedy).
+pub fn grouped(denials: &[Denial], home: Option<&Path>) -> Vec<(String, String, usize, String, String)> {
+    let mut groups: BTreeMap<(String, String, String), (usize, Vec<String>, String)> =
+        BTreeMap::new();
+    for d in denials {
+        let key = (denial_target(d), d.by.clone(), d.access.clone());
+        let e = groups
+            .entry(key)
+            .or_insert_with(|| (0, Vec::new(), remedy(d, home)));
+        e.0 += 1;
+        if !e.1.contains(&d.comm) && e.1.len() < 4 {
+            e.1.push(d.comm.clone());
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((target, by, access), (n, comms, remedy))| {
+            (target, format!("{by} {access}"), n, comms.join(", "), remedy)
+        })
+        .collect()
+}
+
+/// The end-of-session report on stderr: what changed, how to undo it, what was refused.
+fn summary(
+    dir: &Path,
+    session_t: i64,
+    code: i32,
+    sbx: Option<&Sandbox>,
+    account: Option<&Account>,
+    lost_note: Option<String>,
+) -> Result<()> {
+    let (store, _) = cli::open_store(dir)?;
+    let report = saferoot_snapshots::restore::diff(&store, session_t, None, &[])?;
+    let (mut added, mut deleted, mut changed) = (0usize, 0usize, 0usize);
+    for c in &report.changes {
+        match c.mark {
+            saferoot_snapshots::restore::Mark::Added => added += 1,
+            saferoot_snapshots::restore::Mark::Removed => deleted += 1,
+            _ => changed += 1,
+        }
+    }
+    // diff's marks read from the session's start: "added" = exists now only.
+    let (created, removed) = (added, deleted);
+    let mut line = format!(
+        "saferoot: session ended (exit {code}): {changed} changed, {removed} deleted, {created} created"
+    );
+    if changed + removed + created > 0 {
+        line.push_str(" — `saferoot restore @start` undoes it, `saferoot diff @start` lists it");
+    }
+    eprintln!("{line}");
+    if sbx.is_none() {
+        return Ok(());
+    }
+    let denials: Vec<Denial> = saferoot_snapshots::denials::read(&store)?
+        .into_iter()
+        .filter(|d| d.session == session_t)
+        .collect();
+    if let Some(n) = lost_note {
+        eprintln!("saferoot: warning: {n}");
+    }
+    if denials.is_empty() {
+        return Ok(());
+    }
+    let home = account
+        .map(|a| a.home.clone())
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+    let groups = grouped(&denials, home.as_deref());
+    eprintln!(
+        "saferoot: {} denied access{} ({} distinct; `saferoot denials` shows them again):",
+        denials.len(),
+        if denials.len() == 1 { "" } else { "es" },
+        groups.len()
+    );
+    for (target, what, n, comms, remedy) in groups.iter().take(30) {
+        let times = if *n > 1 { format!(", {n}×") } else { String::new() };
+        eprintln!("  {target}  [{what}, by {comms}{times}]\n      {remedy}");
+    }
+    if groups.len() > 30 {
+        eprintln!("  … and {} more", groups.len() - 30);
+    }
+    Ok(())
 }

@@ -21,8 +21,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use landlock::{
-    Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetError, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, Scope, ABI,
 };
 use nix::sys::stat::{fstat, fstatat, SFlag};
 use nix::sys::statfs::{fstatfs, FUSE_SUPER_MAGIC};
@@ -81,6 +81,13 @@ pub enum SandboxError {
     #[error("cannot add the sandbox rule for {}: {source}", path.display())]
     AddRule {
         path: PathBuf,
+        #[source]
+        source: RulesetError,
+    },
+
+    #[error("cannot add the sandbox rule for TCP port {port}: {source}")]
+    AddPortRule {
+        port: u16,
         #[source]
         source: RulesetError,
     },
@@ -165,6 +172,10 @@ pub struct Policy {
     /// Read, write, truncate and ioctl on existing files (or files beneath a directory), but
     /// nothing that creates or removes names: for device files.
     pub write_files: Vec<PathBuf>,
+    /// TCP ports the agent may connect to (every other port is refused, Landlock ABI 4+).
+    pub connect: Vec<u16>,
+    /// TCP ports the agent may bind (every other port is refused, Landlock ABI 4+).
+    pub bind: Vec<u16>,
 }
 
 impl Policy {
@@ -183,8 +194,19 @@ impl Policy {
                 .map(PathBuf::from)
                 .filter(|p| p.exists())
                 .collect(),
+            connect: Vec::new(),
+            bind: Vec::new(),
         }
     }
+}
+
+/// The usual device files (those that exist here), for [`Policy::write_files`].
+pub fn device_files() -> Vec<PathBuf> {
+    DEVICE_FILES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect()
 }
 
 /// A filled Landlock ruleset, ready to be applied in a child just before `exec`.
@@ -196,7 +218,12 @@ pub struct Prepared {
     fd: OwnedFd,
     abi: i32,
     limitations: Vec<&'static str>,
+    restrict_flags: libc::c_uint,
 }
+
+/// `LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON` (ABI 7): log denials of the programs the agent
+/// executes, not only of the process that entered the sandbox (which execs right away).
+const LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON: libc::c_uint = 1 << 1;
 
 /// Rights for reading and executing only.
 fn read_exec_access() -> BitFlags<AccessFs> {
@@ -225,6 +252,8 @@ pub fn prepare(policy: &Policy) -> Result<Prepared, SandboxError> {
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(VETTED_ABI))
+        .map_err(SandboxError::Ruleset)?
+        .handle_access(AccessNet::from_all(VETTED_ABI))
         .map_err(SandboxError::Ruleset)?
         .scope(Scope::from_all(VETTED_ABI))
         .map_err(SandboxError::Ruleset)?
@@ -266,6 +295,17 @@ pub fn prepare(policy: &Policy) -> Result<Prepared, SandboxError> {
         }
     }
 
+    for &port in &policy.connect {
+        ruleset = ruleset
+            .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+            .map_err(|source| SandboxError::AddPortRule { port, source })?;
+    }
+    for &port in &policy.bind {
+        ruleset = ruleset
+            .add_rule(NetPort::new(port, AccessNet::BindTcp))
+            .map_err(|source| SandboxError::AddPortRule { port, source })?;
+    }
+
     // The crate only keeps an fd when the ruleset is at least partially enforceable; `None`
     // is exactly `RulesetStatus::NotEnforced`.
     let fd: Option<OwnedFd> = ruleset.into();
@@ -275,6 +315,11 @@ pub fn prepare(policy: &Policy) -> Result<Prepared, SandboxError> {
         fd,
         abi,
         limitations: limitations_for_abi(abi),
+        restrict_flags: if abi >= 7 {
+            LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON
+        } else {
+            0
+        },
     })
 }
 
@@ -285,6 +330,9 @@ fn limitations_for_abi(abi: i32) -> Vec<&'static str> {
         out.push(
             "moving or hard-linking files between directories fails with EXDEV (Landlock ABI < 2)",
         );
+    }
+    if abi < 4 {
+        out.push("restrict TCP connect and bind to the allowed ports (Landlock ABI < 4)");
     }
     if abi < 3 {
         out.push("truncate(2) of files outside the project is not blocked (Landlock ABI < 3)");
@@ -312,6 +360,12 @@ impl Prepared {
         &self.limitations
     }
 
+    /// What this sandbox enforces on this kernel, one short phrase each, for `run --verbose`
+    /// and `status`.
+    pub fn features(&self) -> Vec<String> {
+        features_for_abi(self.abi)
+    }
+
     /// Enter the sandbox: `prctl(PR_SET_NO_NEW_PRIVS, 1)`, then `landlock_restrict_self(fd, 0)`.
     ///
     /// Made for `Command::pre_exec`: it runs between `fork` and `exec` in a copy of a possibly
@@ -329,12 +383,40 @@ impl Prepared {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) != 0 {
             return Err(io::Error::last_os_error());
         }
-        let flags: libc::c_uint = 0;
-        if libc::syscall(libc::SYS_landlock_restrict_self, self.fd.as_raw_fd(), flags) != 0 {
+        if libc::syscall(
+            libc::SYS_landlock_restrict_self,
+            self.fd.as_raw_fd(),
+            self.restrict_flags,
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())
     }
+}
+
+/// What a sandbox built here enforces with Landlock ABI `abi`, one phrase each.
+pub fn features_for_abi(abi: i32) -> Vec<String> {
+    let mut f = vec![format!("landlock ABI {abi}: filesystem (read, write, execute, create, remove)")];
+    if abi >= 2 {
+        f.push("landlock: cross-directory rename and link".into());
+    }
+    if abi >= 3 {
+        f.push("landlock: truncate".into());
+    }
+    if abi >= 4 {
+        f.push("landlock: TCP connect and bind ports".into());
+    }
+    if abi >= 5 {
+        f.push("landlock: device ioctl".into());
+    }
+    if abi >= 6 {
+        f.push("landlock: signal and abstract unix socket scoping".into());
+    }
+    if abi >= 7 {
+        f.push("landlock: denials logged to audit".into());
+    }
+    f
 }
 
 /// Best-effort name of what `fd` refers to, for error messages.

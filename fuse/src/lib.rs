@@ -18,6 +18,7 @@
 //! What this crate does not do: decide policy about who may use the mount (the kernel enforces
 //! permissions via `default_permissions`; the sandbox is the CLI's job), or restore anything.
 
+pub mod guard;
 pub mod node;
 pub mod sys;
 
@@ -110,6 +111,8 @@ pub struct Shared {
     /// The kernel accepted FUSE passthrough: reads and writes of regular files go straight to
     /// the backing file without a round trip through this process.
     passthrough: std::sync::atomic::AtomicBool,
+    /// Live `saferoot run` sessions whose agents may not change protected paths.
+    pub guard: guard::Guard,
 }
 
 pub struct SaferootFs {
@@ -171,6 +174,7 @@ impl SaferootFs {
                 comms: Mutex::new(HashMap::new()),
                 opts,
                 passthrough: std::sync::atomic::AtomicBool::new(false),
+                guard: guard::Guard::default(),
             }),
         })
     }
@@ -268,6 +272,40 @@ impl Shared {
             // trash is re-indexed from itself at the next mount.
             warn!("journal append failed: {e}");
         }
+    }
+
+    /// Refuse (EACCES) a change to a protected path by a sandboxed agent, and record it in the
+    /// denial log. `or_ancestor`: also refuse for a directory containing a protected path
+    /// (renaming or removing it would take the protected path along).
+    fn refuse_protected(&self, req: &Request, rel: &Path, access: &str, or_ancestor: bool) -> Result<(), Errno> {
+        if !self.guard.active() {
+            return Ok(());
+        }
+        let Some(p) = self.opts.config.protected(rel, or_ancestor) else {
+            return Ok(());
+        };
+        let Some(session) = self.guard.session_of(req.pid()) else {
+            return Ok(());
+        };
+        let d = saferoot_snapshots::denials::Denial {
+            t: now_ns(),
+            session,
+            by: "fuse".into(),
+            access: format!("{access} (protected: {})", p.text),
+            path: Some(rel.to_string_lossy().into_owned()),
+            port: None,
+            addr: None,
+            syscall: None,
+            pid: req.pid(),
+            comm: self.comm(req.pid()),
+            exe: std::fs::read_link(format!("/proc/{}/exe", req.pid()))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+        };
+        if let Err(e) = saferoot_snapshots::denials::append(&self.store, &[d]) {
+            warn!("denial log: {e}");
+        }
+        Err(Errno::EACCES)
     }
 
     /// Is this project-relative path in a scratch tree (unversioned)?
@@ -643,6 +681,8 @@ impl Shared {
         let npfd = self.path_fd(&npnode)?;
         let from_rel = self.dir_rel(&pnode, pfd.fd())?.join(name);
         let to_rel = self.dir_rel(&npnode, npfd.fd())?.join(newname);
+        self.refuse_protected(req, &from_rel, "rename", true)?;
+        self.refuse_protected(req, &to_rel, "rename onto", true)?;
         let t = now_ns();
         let src =
             nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
@@ -1246,6 +1286,7 @@ impl Shared {
         let pnode = self.node(parent)?;
         let pfd = self.path_fd(&pnode)?;
         let rel = self.dir_rel(&pnode, pfd.fd())?.join(name);
+        self.refuse_protected(req, &rel, "create", false)?;
         create(pfd.fd())?;
         self.chown_to_caller(req, pfd.fd(), name);
         let (node, attr) = self.lookup_in(&pnode, pfd.fd(), name)?;
@@ -1386,6 +1427,7 @@ impl Filesystem for SaferootFs {
             let before = nix::sys::stat::fstat(pfd.fd()).map_err(errno)?;
             let open = fh.and_then(|fh| s.file(fh).ok());
             let rel = s.node_rel(&node);
+            s.refuse_protected(req, &rel, "setattr", false)?;
             // A file with several links may have a protected name besides this scratch one.
             let versioned = !s.is_scratch(&rel, node.is_dir()) || before.st_nlink > 1;
             // A size change destroys or moves bytes: keep them before changing anything (so a
@@ -1571,6 +1613,7 @@ impl Filesystem for SaferootFs {
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                 return Err(Errno::EISDIR);
             }
+            s.refuse_protected(req, &rel, "unlink", false)?;
             if s.is_scratch(&rel, false) {
                 return nix::unistd::unlinkat(
                     pfd.fd(),
@@ -1601,6 +1644,7 @@ impl Filesystem for SaferootFs {
         }
         let r = (|| {
             let (pfd, rel, st) = s.entry(parent, name)?;
+            s.refuse_protected(req, &rel, "rmdir", true)?;
             nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)
                 .map_err(errno)?;
             if !s.is_scratch(&rel, true) {
@@ -1686,6 +1730,10 @@ impl Filesystem for SaferootFs {
             let fd = s.path_fd(&node)?;
             let npfd = s.path_fd(&npnode)?;
             let to_rel = s.dir_rel(&npnode, npfd.fd())?.join(newname);
+            s.refuse_protected(req, &to_rel, "link", false)?;
+            if s.guard.active() {
+                s.refuse_protected(req, &s.node_rel(&node), "link", false)?;
+            }
             nix::unistd::linkat(fd.fd(), "", npfd.fd(), newname, AtFlags::AT_EMPTY_PATH)
                 .map_err(errno)?;
             let from_rel = s.node_rel(&node);
@@ -1728,6 +1776,9 @@ impl Filesystem for SaferootFs {
             };
             let acc = raw & libc::O_ACCMODE;
             let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR || trunc;
+            if writes && s.guard.active() {
+                s.refuse_protected(req, &s.node_rel(&node), "open for writing", false)?;
+            }
             let writer_of = if writes {
                 let keep =
                     !s.is_scratch(&s.node_rel(&node), node.is_dir()) || s.has_other_links(&node);
@@ -2103,6 +2154,9 @@ impl Filesystem for SaferootFs {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
+            if s.guard.active() {
+                s.refuse_protected(req, &s.node_rel(&node), "setxattr", false)?;
+            }
             let (fd, proc) = s.proc_of(&node)?;
             let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
             let before = s.acl_mode_before(name, fd.fd());
@@ -2190,6 +2244,9 @@ impl Filesystem for SaferootFs {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
+            if s.guard.active() {
+                s.refuse_protected(req, &s.node_rel(&node), "removexattr", false)?;
+            }
             let (fd, proc) = s.proc_of(&node)?;
             let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
             let before = s.acl_mode_before(name, fd.fd());
@@ -2238,6 +2295,7 @@ impl Filesystem for SaferootFs {
             let pnode = s.node(parent)?;
             let pfd = s.path_fd(&pnode)?;
             let rel = s.dir_rel(&pnode, pfd.fd())?.join(name);
+            s.refuse_protected(req, &rel, "create", false)?;
             // The kernel only sends create for a name it found absent, holding the directory
             // lock; O_EXCL makes sure an existing file is never truncated behind our back.
             let oflags = OFlag::from_bits_retain(

@@ -83,9 +83,65 @@ fn glob(pat: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// Paths inside the project that a sandboxed agent may never change, because something outside
+/// the sandbox acts on them: git runs hooks and obeys its config (`core.hooksPath`,
+/// `core.fsmonitor`, aliases, filters) the next time the user runs git.
+pub const ALWAYS_PROTECTED: &[&str] = &[
+    ".git/hooks",
+    ".git/config",
+    ".git/config.worktree",
+    ".git/modules/*/hooks",
+    ".git/modules/*/config",
+];
+
+/// A protected path: project-relative components, each of which may contain `*` (any run of
+/// characters within one name). It protects the path itself and everything beneath it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    pub text: String,
+    parts: Vec<Vec<u8>>,
+}
+
+impl Protected {
+    pub fn parse(s: &str) -> Result<Protected> {
+        let bad = |why: &str| Error::Invalid(format!("protect entry {s:?}: {why}"));
+        let body = s.trim_start_matches('/').trim_end_matches('/');
+        let mut parts = Vec::new();
+        for c in body.split('/') {
+            if c.is_empty() || c == "." || c == ".." {
+                return Err(bad("must be a relative path inside the project, without `.` or `..`"));
+            }
+            parts.push(c.as_bytes().to_vec());
+        }
+        if parts.first().is_some_and(|p| p == crate::store::STORE_DIR.as_bytes()) {
+            return Err(bad("the store is always out of the agent's reach"));
+        }
+        Ok(Protected {
+            text: s.to_string(),
+            parts,
+        })
+    }
+
+    /// How `rel` relates to this entry: `Some(true)` if `rel` is the protected path or beneath
+    /// it, `Some(false)` if `rel` is one of its ancestors, `None` otherwise.
+    fn relation(&self, rel: &[&[u8]]) -> Option<bool> {
+        let n = rel.len().min(self.parts.len());
+        if !rel[..n]
+            .iter()
+            .zip(&self.parts[..n])
+            .all(|(name, pat)| glob(pat, name))
+        {
+            return None;
+        }
+        Some(rel.len() >= self.parts.len())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub scratch: Vec<Pattern>,
+    /// [`ALWAYS_PROTECTED`] plus the project's own `protect` entries.
+    pub protect: Vec<Protected>,
 }
 
 impl Default for Config {
@@ -95,6 +151,10 @@ impl Default for Config {
                 .iter()
                 .map(|p| Pattern::parse(p).expect("default patterns are valid"))
                 .collect(),
+            protect: ALWAYS_PROTECTED
+                .iter()
+                .map(|p| Protected::parse(p).expect("built-in protected paths are valid"))
+                .collect(),
         }
     }
 }
@@ -103,21 +163,24 @@ impl Default for Config {
 #[serde(deny_unknown_fields)]
 struct File {
     scratch: Option<Vec<String>>,
+    protect: Option<Vec<String>>,
 }
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config> {
         let f: File = toml::from_str(text)
             .map_err(|e| Error::Invalid(format!("{CONFIG_FILE}: {}", e.message())))?;
-        Ok(match f.scratch {
-            None => Config::default(),
-            Some(list) => Config {
-                scratch: list
-                    .iter()
-                    .map(|p| Pattern::parse(p))
-                    .collect::<Result<_>>()?,
-            },
-        })
+        let mut c = Config::default();
+        if let Some(list) = f.scratch {
+            c.scratch = list
+                .iter()
+                .map(|p| Pattern::parse(p))
+                .collect::<Result<_>>()?;
+        }
+        for p in f.protect.unwrap_or_default() {
+            c.protect.push(Protected::parse(&p)?);
+        }
+        Ok(c)
     }
 
     /// The project's configuration (the defaults if it has no config file).
@@ -142,6 +205,29 @@ impl Config {
                 cause: e,
             })?;
         Config::parse(&text)
+    }
+
+    /// Is `rel` (project-relative) a protected path or beneath one? With `or_ancestor`, also
+    /// when `rel` is a directory that contains a protected path (renaming or removing it would
+    /// take the protected path along). Returns the entry that matched.
+    pub fn protected(&self, rel: &Path, or_ancestor: bool) -> Option<&Protected> {
+        if self.protect.is_empty() {
+            return None;
+        }
+        let comps: Vec<&[u8]> = rel
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.as_bytes()),
+                _ => None,
+            })
+            .collect();
+        if comps.is_empty() {
+            return None;
+        }
+        self.protect.iter().find(|p| match p.relation(&comps) {
+            Some(inside) => inside || or_ancestor,
+            None => false,
+        })
     }
 
     /// Is the project-relative path `rel` inside a scratch tree? `is_dir` says whether `rel`
@@ -206,6 +292,31 @@ mod tests {
         );
         assert_eq!(Config::parse("").unwrap(), Config::default());
         assert!(Config::parse("scratch = []").unwrap().scratch.is_empty());
+    }
+
+    #[test]
+    fn protected_paths_and_their_ancestors() {
+        let c = Config::parse("protect = [\"secrets/\", \"deploy/*.key\"]").unwrap();
+        let p = |s: &str| c.protected(Path::new(s), false).map(|x| x.text.clone());
+        let a = |s: &str| c.protected(Path::new(s), true).is_some();
+        assert_eq!(p(".git/hooks/pre-commit").as_deref(), Some(".git/hooks"));
+        assert_eq!(p(".git/hooks").as_deref(), Some(".git/hooks"));
+        assert_eq!(p(".git/config").as_deref(), Some(".git/config"));
+        assert!(p(".git/config.lock").is_none(), "git's lock file is not the config");
+        assert!(p(".git/HEAD").is_none());
+        assert!(p(".git/objects/ab/cd").is_none());
+        assert!(p(".git").is_none());
+        assert!(a(".git"), ".git contains protected paths");
+        assert!(!a("src"));
+        assert!(p(".git/modules/sub/hooks/post-checkout").is_some());
+        assert!(p("secrets/db.txt").is_some());
+        assert!(p("deploy/prod.key").is_some());
+        assert!(p("deploy/prod.txt").is_none());
+        assert!(a("deploy"));
+        assert!(p("sub/.git/hooks/x").is_none(), "only the top-level repository");
+        assert!(Config::parse("protect = [\"../x\"]").is_err());
+        assert!(Config::parse("protect = [\".saferoot/x\"]").is_err());
+        assert!(Config::default().protected(Path::new(".git/hooks/x"), false).is_some());
     }
 
     #[test]

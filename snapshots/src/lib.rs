@@ -6,6 +6,7 @@
 //! This crate knows nothing about FUSE, Landlock or the command line.
 
 pub mod config;
+pub mod denials;
 mod hashcache;
 pub mod index;
 pub mod journal;
