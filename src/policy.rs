@@ -191,7 +191,7 @@ fn check_secrets(b: &Built, homes: &[PathBuf], explicit: &[PathBuf]) -> Result<(
             continue;
         };
         for (shown, secret) in &secrets {
-            let contains = secret.starts_with(&resolved);
+            let contains = secret.starts_with(&resolved) && *secret != resolved;
             let inside = resolved.starts_with(secret);
             if !contains && !inside {
                 continue;

@@ -431,6 +431,8 @@ fn session(
         command.pre_exec(move || {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
             libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            // If `run` dies (kill -9), the agent must not go on unwatched.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
             if let Some((uid, gid, groups)) = &ids {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setresgid(*gid, *gid, *gid) != 0
@@ -636,7 +638,8 @@ fn to_denial(d: crate::audit::Denial, session: i64) -> Denial {
             crate::audit::Source::Seccomp => "seccomp".into(),
         },
         access: d.access,
-        path: d.path,
+        // A signal or trace target is a process, not a path; show it where the path goes.
+        path: d.path.or(d.target.map(|t| format!("process {t}"))),
         port: d.port,
         addr: d.addr,
         syscall,
@@ -665,8 +668,9 @@ pub fn remedy(d: &Denial, home: Option<&Path>) -> String {
             Some(p) => format!("allow with --allow-bind {p} (profile: bind = [{p}])"),
             None => "a network bind".to_string(),
         },
-        _ if d.access.starts_with("scope.") => {
-            "outside the sandbox: agents may not signal or connect to other processes".to_string()
+        _ if d.access.starts_with("scope.") || d.access.starts_with("ptrace") => {
+            "a process outside the sandbox: agents may not trace, inspect, signal or connect to it"
+                .to_string()
         }
         _ => {
             let Some(path) = d.path.as_deref().map(Path::new) else {

@@ -693,6 +693,7 @@ mod tests {
                 .map(PathBuf::from)
                 .filter(|p| p.exists())
                 .collect(),
+            ..Policy::default()
         };
         Arc::new(prepare(&policy).expect("prepare sandbox"))
     }
@@ -887,7 +888,7 @@ mod tests {
         let policy = Policy {
             read_exec: vec![PathBuf::from("/")],
             write: vec![PathBuf::from("/nonexistent/saferoot-sbx-test")],
-            write_files: vec![],
+            ..Policy::default()
         };
         let err = prepare(&policy).unwrap_err();
         assert!(matches!(err, SandboxError::OpenRulePath { .. }), "{err}");
@@ -901,14 +902,15 @@ mod tests {
     fn limitations_reflect_abi() {
         assert!(limitations_for_abi(6).is_empty());
         assert_eq!(limitations_for_abi(5).len(), 1);
-        assert_eq!(limitations_for_abi(1).len(), 4);
+        assert_eq!(limitations_for_abi(3).len(), 3);
+        assert_eq!(limitations_for_abi(1).len(), 5);
     }
 
     fn write_policy(paths: &[&Path]) -> Policy {
         Policy {
             read_exec: vec![PathBuf::from("/")],
             write: paths.iter().map(|p| p.to_path_buf()).collect(),
-            write_files: vec![],
+            ..Policy::default()
         }
     }
 

@@ -22,9 +22,11 @@
 //!
 //! - mount API (`mount`, `umount2`, `fsopen`, `fsconfig`, `fsmount`, `move_mount`, `open_tree`,
 //!   `open_tree_attr`, `fspick`, `mount_setattr`, `pivot_root`, `chroot`): unmounting or covering
-//!   the saferoot mount, or changing root, would expose the real project directory.
-//! - other processes (`ptrace`, `process_vm_readv`, `process_vm_writev`, `pidfd_getfd`): reading
-//!   or writing another process's memory or stealing its files runs code outside the sandbox.
+//!   the saferoot mount, or changing root, would expose the real project directory. Landlock
+//!   refuses mount changes too; this second lock does not depend on the Landlock ABI.
+//! - other processes (`ptrace`, `process_vm_readv`, `process_vm_writev`, `pidfd_getfd`): a process
+//!   whose memory or files the agent controls acts for it, possibly outside the sandbox. The
+//!   cost: debuggers (`gdb`, `strace`) do not work inside the agent.
 //! - file handles (`open_by_handle_at`, `name_to_handle_at`): opening by inode handle skips path
 //!   lookup, so it skips the mount and Landlock's path rules (the "shocker" container escape).
 //! - namespaces (`setns`, `unshare` and `clone` with a `CLONE_NEW*` flag): a new user namespace
@@ -37,10 +39,10 @@
 //! - keyrings (`keyctl`, `add_key`, `request_key`): keyrings are shared with the user's other
 //!   processes and may hold their secrets (Kerberos tickets, fscrypt and ecryptfs keys).
 //! - host administration (`kexec_load`, `kexec_file_load`, `init_module`, `finit_module`,
-//!   `delete_module`, `reboot`, `swapon`, `swapoff`, `acct`, `quotactl`, `quotactl_fd`): nothing
-//!   an agent needs, even as root. `acct` and `quotactl(Q_QUOTAON)` make the kernel itself write
-//!   to a file named by path, which Landlock does not check. Read-only quota queries (`quota`)
-//!   are lost with them; coding agents have no use for them.
+//!   `delete_module`, `reboot`, `swapon`, `swapoff`, `acct`, `quotactl`, `quotactl_fd`): all
+//!   machine-wide and root only, so they matter exactly when the agent runs as root, which is
+//!   when they would hurt most; no coding task needs them. Denying `quotactl` also loses the
+//!   unprivileged quota queries of `quota(1)`, which agents have no use for.
 //! - `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)`: both push characters into a terminal's input, so
 //!   the agent could type commands into the user's shell. The request is compared on its low
 //!   32 bits, because the kernel truncates it to `unsigned int` (setting high bits is no bypass).
@@ -139,152 +141,54 @@ const SPECIAL_ENTRIES: usize = 6;
 /// What the filter denies and why, one line each; see [`denied_summary`]. Entries before the
 /// last [`SPECIAL_ENTRIES`] name a system call that [`build`] denies with `EPERM` whatever its
 /// arguments, so this list is the filter's single source of truth.
+#[rustfmt::skip]
 static SUMMARY: &[(&str, &str)] = &[
-    (
-        "mount",
-        "mounting over or under the project would hide the saferoot mount",
-    ),
-    (
-        "umount2",
-        "unmounting the saferoot mount would expose the real project directory",
-    ),
-    (
-        "fsopen",
-        "new mount API: creates a filesystem context to mount",
-    ),
-    (
-        "fsconfig",
-        "new mount API: configures a filesystem context to mount",
-    ),
-    (
-        "fsmount",
-        "new mount API: turns a filesystem context into a mount",
-    ),
+    ("mount", "mounting over or under the project would hide the saferoot mount"),
+    ("umount2", "unmounting the saferoot mount would expose the real project directory"),
+    ("fsopen", "new mount API: creates a filesystem context to mount"),
+    ("fsconfig", "new mount API: configures a filesystem context to mount"),
+    ("fsmount", "new mount API: turns a filesystem context into a mount"),
     ("move_mount", "new mount API: attaches or moves a mount"),
-    (
-        "open_tree",
-        "new mount API: clones a mount tree (e.g. the real project) to attach it",
-    ),
-    (
-        "open_tree_attr",
-        "new mount API: clones a mount tree and changes its attributes",
-    ),
+    ("open_tree", "new mount API: clones a mount tree (e.g. the real project) to attach it"),
+    ("open_tree_attr", "new mount API: clones a mount tree and changes its attributes"),
     ("fspick", "new mount API: reconfigures an existing mount"),
-    (
-        "mount_setattr",
-        "changes mount attributes (read-only, propagation, idmapping)",
-    ),
-    (
-        "pivot_root",
-        "changes the root mount, which would leave the saferoot mount behind",
-    ),
-    (
-        "chroot",
-        "changes the root directory, a classic way around path-based rules",
-    ),
-    (
-        "ptrace",
-        "controls another process, which then acts outside the sandbox",
-    ),
+    ("mount_setattr", "changes mount attributes (read-only, propagation, idmapping)"),
+    ("pivot_root", "changes the root mount, which would leave the saferoot mount behind"),
+    ("chroot", "changes the root directory, a classic way around path-based rules"),
+    ("ptrace", "controls another process, which then acts for the agent; no debuggers inside"),
     ("process_vm_readv", "reads another process's memory"),
-    (
-        "process_vm_writev",
-        "writes another process's memory, i.e. injects code",
-    ),
+    ("process_vm_writev", "writes another process's memory, i.e. injects code"),
     ("pidfd_getfd", "steals an open file from another process"),
-    (
-        "open_by_handle_at",
-        "opens files by inode handle, skipping path lookup and the mount",
-    ),
-    (
-        "name_to_handle_at",
-        "makes the inode handles that open_by_handle_at consumes",
-    ),
-    (
-        "setns",
-        "joins another namespace, e.g. a mount namespace without saferoot",
-    ),
-    (
-        "io_uring_setup",
-        "io_uring work is invisible to seccomp; large kernel attack surface",
-    ),
-    (
-        "io_uring_enter",
-        "io_uring work is invisible to seccomp; large kernel attack surface",
-    ),
-    (
-        "io_uring_register",
-        "io_uring work is invisible to seccomp; large kernel attack surface",
-    ),
-    (
-        "bpf",
-        "loads programs into the kernel; large kernel attack surface",
-    ),
-    (
-        "perf_event_open",
-        "observes other processes and the kernel; large attack surface",
-    ),
-    (
-        "userfaultfd",
-        "the usual tool for winning kernel races in exploits",
-    ),
-    (
-        "keyctl",
-        "kernel keyrings are shared with the user's other processes and their secrets",
-    ),
-    (
-        "add_key",
-        "kernel keyrings are shared with the user's other processes and their secrets",
-    ),
-    (
-        "request_key",
-        "kernel keyrings are shared with the user's other processes and their secrets",
-    ),
-    ("kexec_load", "replaces the running kernel"),
-    ("kexec_file_load", "replaces the running kernel"),
-    ("init_module", "loads code into the kernel"),
-    ("finit_module", "loads code into the kernel"),
-    ("delete_module", "unloads kernel modules"),
-    ("reboot", "reboots or halts the machine"),
-    (
-        "swapon",
-        "host administration; the kernel then writes memory to the named file",
-    ),
-    ("swapoff", "host administration"),
-    (
-        "acct",
-        "the kernel then writes accounting records to a file Landlock never checks",
-    ),
-    (
-        "quotactl",
-        "quota administration; Q_QUOTAON has the kernel write to a file it names",
-    ),
+    ("open_by_handle_at", "opens files by inode handle, skipping path lookup and the mount"),
+    ("name_to_handle_at", "makes the inode handles that open_by_handle_at consumes"),
+    ("setns", "joins another namespace, e.g. a mount namespace without saferoot"),
+    ("io_uring_setup", "io_uring work is invisible to seccomp; large kernel attack surface"),
+    ("io_uring_enter", "io_uring work is invisible to seccomp; large kernel attack surface"),
+    ("io_uring_register", "io_uring work is invisible to seccomp; large kernel attack surface"),
+    ("bpf", "loads programs into the kernel; large kernel attack surface"),
+    ("perf_event_open", "observes other processes and the kernel; large attack surface"),
+    ("userfaultfd", "the usual tool for winning kernel races in exploits"),
+    ("keyctl", "kernel keyrings are shared with the user's other processes and their secrets"),
+    ("add_key", "kernel keyrings are shared with the user's other processes and their secrets"),
+    ("request_key", "kernel keyrings are shared with the user's other processes and their secrets"),
+    ("kexec_load", "root only: replaces the running kernel"),
+    ("kexec_file_load", "root only: replaces the running kernel"),
+    ("init_module", "root only: loads code into the kernel"),
+    ("finit_module", "root only: loads code into the kernel"),
+    ("delete_module", "root only: unloads kernel modules"),
+    ("reboot", "root only: reboots or halts the machine"),
+    ("swapon", "root only: adds swap space to the whole machine"),
+    ("swapoff", "root only: removes swap space from the whole machine"),
+    ("acct", "root only: turns process accounting for the whole machine on or off"),
+    ("quotactl", "quota administration (root only for changes); queries are lost with it"),
     ("quotactl_fd", "quota administration, like quotactl"),
     // The special entries; keep SPECIAL_ENTRIES in step.
-    (
-        "unshare",
-        "with a CLONE_NEW* flag: new namespaces (user ones hand out mount rights)",
-    ),
-    (
-        "clone",
-        "with a CLONE_NEW* flag: new namespaces; plain fork and threads still work",
-    ),
-    (
-        "ioctl",
-        "TIOCSTI or TIOCLINUX only: they type into the terminal, e.g. the user's shell",
-    ),
-    (
-        "clone3",
-        "ENOSYS: flags are in memory seccomp cannot read; libc falls back to clone",
-    ),
-    (
-        "x32 system calls",
-        "x86_64 numbers with bit 0x40000000: other numbers for the same calls",
-    ),
-    (
-        "other architectures",
-        "e.g. i386 via int 0x80: another numbering the rules do not match",
-    ),
+    ("unshare", "with a CLONE_NEW* flag: new namespaces (user ones hand out mount rights)"),
+    ("clone", "with a CLONE_NEW* flag: new namespaces; plain fork and threads still work"),
+    ("ioctl", "TIOCSTI or TIOCLINUX only: they type into the terminal, e.g. the user's shell"),
+    ("clone3", "ENOSYS: flags are in memory seccomp cannot read; libc falls back to clone"),
+    ("x32 system calls", "x86_64 numbers with bit 0x40000000: other numbers for the same calls"),
+    ("other architectures", "e.g. i386 via int 0x80: another numbering the rules do not match"),
 ];
 
 /// Everything that can go wrong while building the filter, one line each.
@@ -524,13 +428,22 @@ fn always_denied() -> &'static [(&'static str, &'static str)] {
 
 /// Name of a system call number of the architecture saferoot was built for (x86_64 or aarch64),
 /// for denial reports: audit records give numbers, e.g. on x86_64 165 is `"mount"`. Covers every
-/// system call of the kernel's table up to number 469 (Linux 6.17). `None` for unknown numbers,
-/// and for x32 or foreign-architecture numbers, which belong to other tables.
+/// system call of the kernel's table up to number 469 (Linux 6.17). `None` for unknown numbers
+/// and for x32 numbers (bit `0x4000_0000`). Check the record's `arch=` against
+/// [`native_audit_arch`] first: an i386 record's numbers belong to another table, where 20 is
+/// `getpid` rather than `writev`.
 pub fn syscall_name(nr: i64) -> Option<&'static str> {
     SYSCALLS
         .binary_search_by_key(&nr, |&(n, _)| n)
         .ok()
         .map(|i| SYSCALLS[i].1)
+}
+
+/// The `AUDIT_ARCH_*` value (the `arch=` field of audit records) of native system calls on the
+/// architecture saferoot was built for: `0xC000_003E` on x86_64, `0xC000_00B7` on aarch64.
+/// `None` where no filter exists.
+pub fn native_audit_arch() -> Option<u32> {
+    NATIVE.map(|(_, arch)| arch)
 }
 
 /// The inverse of [`syscall_name`].
@@ -722,7 +635,8 @@ const SYSCALLS: &[(i64, &str)] = &[
     (469, "file_setattr"),
 ];
 
-#[cfg(test)]
+// The tests need a filter, so an architecture that has one.
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod tests {
     use super::*;
     use std::collections::HashMap;
@@ -971,6 +885,7 @@ for arg in sys.argv[1:]:
         assert_eq!(syscall_name(435), Some("clone3"));
         assert_eq!(syscall_name(467), Some("open_tree_attr"));
         assert_eq!(syscall_name(0x4000_0000 | 165), None);
+        assert_eq!(native_audit_arch(), Some(0xC000_003E));
     }
 
     // --- Denials, observed in a real child ------------------------------------------------
@@ -1111,7 +1026,7 @@ for arg in sys.argv[1:]:
     fn terminal_injection_ioctls_are_denied() {
         // On /dev/null both requests fail with ENOTTY without the filter.
         let c = "ctypes.byref(ctypes.c_char(b'x'))";
-        let tiocsti = libc::TIOCSTI as u64;
+        let tiocsti = INJECTING_IOCTLS[0];
         assert_filtered(&[
             (
                 "tiocsti",
