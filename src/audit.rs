@@ -1116,6 +1116,7 @@ impl Collector {
         let entry = registry_dir.join(&registry_name);
         fs::write(&entry, format!("{}\n", std::process::id()))
             .map_err(|e| AuditError::from_io("register in /run/saferoot/audit", e))?;
+        eprintln!("DBG {registry_name} start status={status:?}");
         if status.enabled == 0 {
             // Remember that saferoot, not an administrator, turns audit on, and the queue
             // length to put back.
@@ -1227,7 +1228,7 @@ impl Collector {
         }
         let lock = lock_registry(&self.registry_dir);
         let _ = fs::remove_file(self.registry_dir.join(&self.registry_name));
-        let status = self.control.get_status().ok();
+        let status = self.control.get_status().map_err(|e| eprintln!("DBG get_status failed: {e}")).ok();
         if let Some(s) = status {
             self.kernel_lost = u64::from(s.lost.saturating_sub(self.lost_at_start));
         }
@@ -1243,6 +1244,7 @@ impl Collector {
                     .strip_prefix("backlog_limit=")
                     .and_then(|v| v.parse::<u32>().ok())
             });
+            eprintln!("DBG {} shutdown status={status:?} bl={backlog_limit:?}", self.registry_name);
             if let Some(s) = status {
                 if s.enabled == 1 && s.pid == 0 {
                     if let Err(e) = self.control.set(false, backlog_limit) {
