@@ -524,3 +524,67 @@ fn a_rule_reaching_a_secret_or_the_store_is_refused() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("which the agent must never be able to modify"), "{}", stderr(&o));
 }
+
+/// The account `--user` tests run the agent as; created once per machine.
+fn agent_account() -> (u32, PathBuf) {
+    const NAME: &str = "saferoot-test-agent";
+    if nix::unistd::User::from_name(NAME).unwrap().is_none() {
+        let o = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", NAME])
+            .output()
+            .expect("useradd");
+        // Another test process may have created it meanwhile.
+        assert!(
+            o.status.success() || nix::unistd::User::from_name(NAME).unwrap().is_some(),
+            "useradd: {}",
+            stderr(&o)
+        );
+    }
+    let u = nix::unistd::User::from_name(NAME).unwrap().unwrap();
+    (u.uid.as_raw(), u.dir)
+}
+
+#[test]
+fn user_runs_the_agent_unprivileged() {
+    if !fuse_available() {
+        return;
+    }
+    let (uid, agent_home) = agent_account();
+    let f = Fixture::new();
+    // The agent's account must be able to work in the project.
+    std::fs::set_permissions(f.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = Command::new("chown")
+        .args(["-R", &uid.to_string()])
+        .arg(f.dir())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    f.project.mount();
+    let before = digest(f.dir());
+    let o = f.agent(
+        &["--user", "saferoot-test-agent"],
+        "id -u; echo \"home=$HOME\"; echo new > new.txt; rm keep.txt; \
+         cat /etc/shadow >/dev/null && echo READ-SHADOW; \
+         cat ~/.ssh/id_ed25519 2>/dev/null && echo READ-KEY; touch /etc/x 2>/dev/null && echo WROTE-ETC; true",
+    );
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.starts_with(&format!("{uid}\n")), "{out}\n{}", stderr(&o));
+    assert!(out.contains(&format!("home={}", agent_home.display())), "{out}");
+    for bad in ["READ-SHADOW", "READ-KEY", "WROTE-ETC"] {
+        assert!(!out.contains(bad), "{bad}: {out}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(f.dir().join("new.txt")).unwrap().uid(), uid);
+    assert!(!f.dir().join("keep.txt").exists());
+    // The daemon (root) kept what the agent deleted.
+    assert_ok(&f.saferoot(&["restore", "@start"]));
+    let mut after = digest(f.dir());
+    after.retain(|p, _| !p.starts_with(".saferoot"));
+    let mut want = before;
+    want.retain(|p, _| !p.starts_with(".saferoot"));
+    assert_same_tree(&want, &after);
+    let o = f.agent(&["--user", "root"], "true");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("must not be root"), "{}", stderr(&o));
+}
