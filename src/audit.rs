@@ -704,6 +704,14 @@ fn ancestry(pid: u32) -> Vec<u32> {
     chain
 }
 
+/// This process's audit session id (`u32::MAX` when unset).
+fn own_session_id() -> u32 {
+    std::fs::read_to_string("/proc/self/sessionid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
@@ -718,9 +726,11 @@ enum Origin {
     Landlock {
         domain: u64,
     },
-    /// The denied process and its ancestors when the record arrived (empty: already gone).
+    /// The denied process and its ancestors when the record arrived (empty: already gone),
+    /// and its audit session id (`ses=`).
     Seccomp {
         ancestry: Vec<u32>,
+        ses: Option<u32>,
     },
 }
 
@@ -739,6 +749,9 @@ enum Verdict {
 #[derive(Default)]
 struct State {
     child: Option<u32>,
+    /// The audit session id of the watched child, when it has one of its own (`run` sets the
+    /// agent's login uid, which gives it a fresh session id inherited by all it starts).
+    session_ses: Option<u32>,
     /// Landlock domain → pid of the process that created it (from "allocated" records).
     allocations: HashMap<u64, u32>,
     session_domains: HashSet<u64>,
@@ -769,10 +782,15 @@ impl State {
                     Verdict::Wait
                 }
             }
-            Origin::Seccomp { ancestry } => {
+            Origin::Seccomp { ancestry, ses } => {
                 let Some(child) = self.child else {
                     return Verdict::Wait;
                 };
+                // The agent's own audit session (see `Collector::watch`) identifies its
+                // processes even after they are gone, and after they left its process tree.
+                if self.session_ses.is_some() && *ses == self.session_ses {
+                    return Verdict::Accept;
+                }
                 if ancestry.contains(&child) || self.session_pids.contains(&c.denial.pid) {
                     Verdict::Accept
                 } else if ancestry.is_empty() {
@@ -839,6 +857,10 @@ impl State {
 
     fn watch(&mut self, child: u32) {
         self.child = Some(child);
+        self.session_ses = std::fs::read_to_string(format!("/proc/{child}/sessionid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|&s| s != u32::MAX && s != own_session_id());
         self.session_pids.insert(child);
         let mine: Vec<u64> = self
             .allocations
@@ -1061,10 +1083,11 @@ impl Reader {
                 };
                 // Look at the process tree now, while the process most likely still exists.
                 let ancestry = ancestry(denial.pid);
+                let ses = Fields::parse(body).num::<u32>("ses");
                 self.shared.state().consider(Candidate {
                     serial,
                     denial,
-                    origin: Origin::Seccomp { ancestry },
+                    origin: Origin::Seccomp { ancestry, ses },
                 });
             }
             AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN => {

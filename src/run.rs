@@ -425,6 +425,12 @@ fn session(
     let landlock = sbx.as_ref().map(|s| s.landlock.clone());
     let seccomp = sbx.as_ref().map(|s| s.seccomp.clone());
     let ids = account.map(|a| (a.uid, a.gid, a.groups.clone()));
+    // Give the agent its own audit session: writing the login uid makes the kernel assign a
+    // fresh session id, inherited by everything the agent starts, so the audit collector can
+    // tell the agent's seccomp denials from others' even after the process is gone.
+    let loginuid_path = CString::new("/proc/self/loginuid").expect("no NUL");
+    let loginuid_value = nix::unistd::getuid().as_raw().to_string().into_bytes();
+    let want_ses = collector.is_some();
     // SAFETY: the closure only makes async-signal-safe calls (signal, setgroups/setgid/setuid,
     // prctl, landlock and seccomp system calls, close_range); nothing allocates.
     unsafe {
@@ -433,6 +439,14 @@ fn session(
             libc::signal(libc::SIGQUIT, libc::SIG_DFL);
             // If `run` dies (kill -9), the agent must not go on unwatched.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            if want_ses {
+                // Best effort: without it, attribution falls back to the process tree.
+                let fd = libc::open(loginuid_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, loginuid_value.as_ptr().cast(), loginuid_value.len());
+                    libc::close(fd);
+                }
+            }
             if let Some((uid, gid, groups)) = &ids {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setresgid(*gid, *gid, *gid) != 0
