@@ -713,10 +713,7 @@ fn own_session_id() -> u32 {
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_ascii_whitespace().nth(1)?.parse().ok()
+    saferoot_fuse::guard::proc_stat(pid).map(|(ppid, _)| ppid)
 }
 
 // ---------------------------------------------------------------------------------------------
