@@ -39,9 +39,14 @@ pub enum Request {
     },
     /// A `saferoot run` process (the caller) starts a session. Refused while another session is
     /// live, unless `join`.
-    BeginSession { info: SessionInfo, join: bool },
+    BeginSession {
+        info: SessionInfo,
+        join: bool,
+    },
     /// The session of `run` process `pid` ended.
-    EndSession { pid: u32 },
+    EndSession {
+        pid: u32,
+    },
 }
 
 /// A live `saferoot run` session, as the daemon knows it.

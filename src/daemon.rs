@@ -100,7 +100,12 @@ impl Running {
         );
     }
 
-    fn begin_session(&self, info: control::SessionInfo, join: bool, peer: Option<u32>) -> Result<()> {
+    fn begin_session(
+        &self,
+        info: control::SessionInfo,
+        join: bool,
+        peer: Option<u32>,
+    ) -> Result<()> {
         if peer != Some(info.pid) {
             bail!("a session can only be registered by its own `saferoot run` process");
         }
@@ -411,12 +416,10 @@ fn control_loop(r: &Running) {
                 let _ = reply(&conn, rep, None);
             }
             Request::BeginSession { info, join } => {
-                let peer = nix::sys::socket::getsockopt(
-                    &conn,
-                    nix::sys::socket::sockopt::PeerCredentials,
-                )
-                .ok()
-                .map(|c| c.pid() as u32);
+                let peer =
+                    nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+                        .ok()
+                        .map(|c| c.pid() as u32);
                 let rep = match r.begin_session(info, join, peer) {
                     Ok(()) => base,
                     Err(e) => err_reply(format!("{e:#}")),

@@ -56,7 +56,10 @@ fn sessions(dir: &Path) -> Result<(saferoot_snapshots::Store, Vec<(usize, i64, S
 pub fn denials(dir: &Path, session: Option<i64>, json: bool) -> Result<i32> {
     let (store, list) = sessions(dir)?;
     if list.is_empty() {
-        bail!("no `saferoot run` session has been recorded in {}", dir.display());
+        bail!(
+            "no `saferoot run` session has been recorded in {}",
+            dir.display()
+        );
     }
     let n = list.len() as i64;
     let want = session.unwrap_or(-1);
@@ -64,7 +67,10 @@ pub fn denials(dir: &Path, session: Option<i64>, json: bool) -> Result<i32> {
         0 => bail!("--session 0: sessions are numbered from 1 (or -1 for the last)"),
         k if k > 0 && k <= n => (k - 1) as usize,
         k if k < 0 && -k <= n => (n + k) as usize,
-        k => bail!("--session {k}: there are {n} session(s) in {}", dir.display()),
+        k => bail!(
+            "--session {k}: there are {n} session(s) in {}",
+            dir.display()
+        ),
     };
     let (num, t, cmd) = &list[idx];
     let denials: Vec<_> = saferoot_snapshots::denials::read(&store)?
@@ -91,8 +97,15 @@ pub fn denials(dir: &Path, session: Option<i64>, json: bool) -> Result<i32> {
         if denials.len() == 1 { "" } else { "es" }
     )?;
     for (target, what, count, comms, remedy) in crate::run::grouped(&denials, home().as_deref()) {
-        let times = if count > 1 { format!(", {count}×") } else { String::new() };
-        writeln!(out, "  {target}  [{what}, by {comms}{times}]\n      {remedy}")?;
+        let times = if count > 1 {
+            format!(", {count}×")
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "  {target}  [{what}, by {comms}{times}]\n      {remedy}"
+        )?;
     }
     Ok(0)
 }

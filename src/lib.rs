@@ -1,6 +1,7 @@
 //! saferoot's command line, mount lifecycle and sandbox. The filesystem is in `saferoot-fuse`,
 //! the store (trash, journal, restore) in `saferoot-snapshots`.
 
+pub mod audit;
 pub mod cli;
 pub mod control;
 pub mod daemon;
@@ -10,7 +11,6 @@ pub mod mounts;
 pub mod policy;
 pub mod profile;
 pub mod run;
-pub mod audit;
 pub mod sandbox;
 pub mod seccomp;
 pub mod snapshot_cmd;

@@ -90,7 +90,8 @@ pub fn build(s: &Session) -> Result<Built> {
     }
     if s.profile.tmp {
         b.policy.write.push(PathBuf::from("/tmp"));
-        b.origins.push((PathBuf::from("/tmp"), format!("{pname} (tmp = true)")));
+        b.origins
+            .push((PathBuf::from("/tmp"), format!("{pname} (tmp = true)")));
     }
     for (list, flag, write) in [
         (&s.extra.allow_read, "--allow-read", false),
@@ -148,12 +149,20 @@ fn create_private_dir(home: &Path, rel: &Path, owner: Option<(u32, u32)>) -> Res
         }
         if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&cur) {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
-                bail!("create {}: {}", cur.display(), crate::cli::strip_os_error(&e));
+                bail!(
+                    "create {}: {}",
+                    cur.display(),
+                    crate::cli::strip_os_error(&e)
+                );
             }
         }
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&cur, Some(uid), Some(gid)).map_err(|e| {
-                anyhow::anyhow!("chown {}: {}", cur.display(), crate::cli::strip_os_error(&e))
+                anyhow::anyhow!(
+                    "chown {}: {}",
+                    cur.display(),
+                    crate::cli::strip_os_error(&e)
+                )
             })?;
         }
     }
@@ -179,7 +188,10 @@ fn existing_secrets(homes: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
 /// exactly that secret or of something inside it (the user named it; that is their call).
 fn check_secrets(b: &Built, homes: &[PathBuf], explicit: &[PathBuf]) -> Result<()> {
     let secrets = existing_secrets(homes);
-    let explicit: Vec<PathBuf> = explicit.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    let explicit: Vec<PathBuf> = explicit
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .collect();
     let rules = b
         .policy
         .read_exec
@@ -265,8 +277,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("only `--allow-read"), "{e}");
-        check_secrets(&built(&[&ssh], "--allow-read"), &homes, std::slice::from_ref(&ssh))
-            .unwrap();
+        check_secrets(
+            &built(&[&ssh], "--allow-read"),
+            &homes,
+            std::slice::from_ref(&ssh),
+        )
+        .unwrap();
         check_secrets(
             &built(&[&home.join(".config/app")], "profile x"),
             &homes,

@@ -233,15 +233,19 @@ fn parse(name: &str, text: &str, origin: &Origin) -> Result<ProfileFile, Profile
             )));
         }
     }
-    if let Some(0) = file.connect.iter().chain(&file.bind).copied().find(|&p| p == 0) {
+    if let Some(0) = file
+        .connect
+        .iter()
+        .chain(&file.bind)
+        .copied()
+        .find(|&p| p == 0)
+    {
         return Err(invalid("port 0 is not a port".to_string()));
     }
     for v in &file.env {
         let body = v.strip_suffix('*').unwrap_or(v);
         if (body.is_empty() && v != "*")
-            || !body
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+            || !body.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
         {
             return Err(invalid(format!(
                 "environment entry {v:?} must be a variable name, optionally ending in `*`"
@@ -438,8 +442,14 @@ pub fn render(p: &Profile) -> String {
         "home_write = {}\n",
         list(p.home_write.iter().map(|x| x.display()))
     ));
-    s.push_str(&format!("read = {}\n", list(p.read.iter().map(|x| x.display()))));
-    s.push_str(&format!("write = {}\n", list(p.write.iter().map(|x| x.display()))));
+    s.push_str(&format!(
+        "read = {}\n",
+        list(p.read.iter().map(|x| x.display()))
+    ));
+    s.push_str(&format!(
+        "write = {}\n",
+        list(p.write.iter().map(|x| x.display()))
+    ));
     s.push_str(&format!("connect = {}\n", ports(&p.connect)));
     s.push_str(&format!("bind = {}\n", ports(&p.bind)));
     s.push_str(&format!("env = {}\n", list(p.env.iter())));

@@ -389,7 +389,11 @@ fn session(
         Ok(Some((rep, _))) if rep.ok => {}
         Ok(Some((rep, _))) => {
             cleanup_tmp(&tmpdir);
-            bail!("{}", rep.error.unwrap_or_else(|| "the daemon refused the session".into()));
+            bail!(
+                "{}",
+                rep.error
+                    .unwrap_or_else(|| "the daemon refused the session".into())
+            );
         }
         Ok(None) => {
             cleanup_tmp(&tmpdir);
@@ -438,7 +442,13 @@ fn session(
             libc::signal(libc::SIGINT, libc::SIG_DFL);
             libc::signal(libc::SIGQUIT, libc::SIG_DFL);
             // If `run` dies (kill -9), the agent must not go on unwatched.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             if want_ses {
                 // Best effort: without it, attribution falls back to the process tree.
                 let fd = libc::open(loginuid_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
@@ -541,7 +551,10 @@ fn print_verbose(p: &Profile, s: &Sandbox, features: &[String], account: Option<
     };
     eprintln!("saferoot: profile {} ({}{chain})", p.name, p.origin);
     if let Some(a) = account {
-        eprintln!("saferoot: agent runs as {} (uid {}, gid {})", a.name, a.uid, a.gid);
+        eprintln!(
+            "saferoot: agent runs as {} (uid {}, gid {})",
+            a.name, a.uid, a.gid
+        );
     }
     for f in features {
         eprintln!("saferoot: enforced: {f}");
@@ -567,7 +580,10 @@ fn print_verbose(p: &Profile, s: &Sandbox, features: &[String], account: Option<
         if v.is_empty() {
             "none".to_string()
         } else {
-            v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     eprintln!("saferoot: tcp connect: {}", ports(&pol.connect));
@@ -700,17 +716,18 @@ pub fn remedy(d: &Denial, home: Option<&Path>) -> String {
                 path.to_path_buf()
             };
             if let Some(rel) = home_rel(&target) {
-                if profile::SECRETS
-                    .iter()
-                    .any(|s| rel.starts_with(s))
-                {
+                if profile::SECRETS.iter().any(|s| rel.starts_with(s)) {
                     return format!(
                         "a secret: no profile can allow it (only an explicit --allow-read {})",
                         target.display()
                     );
                 }
             }
-            let flag = if writes { "--allow-write" } else { "--allow-read" };
+            let flag = if writes {
+                "--allow-write"
+            } else {
+                "--allow-read"
+            };
             let line = match home_rel(&target) {
                 Some(rel) => format!(
                     "{} = [{:?}]",
@@ -745,7 +762,10 @@ fn denial_target(d: &Denial) -> String {
 }
 
 /// Group denials by (target, source, access): (target, by, access) → (count, comms, remedy).
-pub fn grouped(denials: &[Denial], home: Option<&Path>) -> Vec<(String, String, usize, String, String)> {
+pub fn grouped(
+    denials: &[Denial],
+    home: Option<&Path>,
+) -> Vec<(String, String, usize, String, String)> {
     let mut groups: BTreeMap<(String, String, String), (usize, Vec<String>, String)> =
         BTreeMap::new();
     for d in denials {
@@ -761,7 +781,13 @@ pub fn grouped(denials: &[Denial], home: Option<&Path>) -> Vec<(String, String, 
     groups
         .into_iter()
         .map(|((target, by, access), (n, comms, remedy))| {
-            (target, format!("{by} {access}"), n, comms.join(", "), remedy)
+            (
+                target,
+                format!("{by} {access}"),
+                n,
+                comms.join(", "),
+                remedy,
+            )
         })
         .collect()
 }
@@ -818,7 +844,11 @@ fn summary(
         groups.len()
     );
     for (target, what, n, comms, remedy) in groups.iter().take(30) {
-        let times = if *n > 1 { format!(", {n}×") } else { String::new() };
+        let times = if *n > 1 {
+            format!(", {n}×")
+        } else {
+            String::new()
+        };
         eprintln!("  {target}  [{what}, by {comms}{times}]\n      {remedy}");
     }
     if groups.len() > 30 {

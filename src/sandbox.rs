@@ -397,7 +397,9 @@ impl Prepared {
 
 /// What a sandbox built here enforces with Landlock ABI `abi`, one phrase each.
 pub fn features_for_abi(abi: i32) -> Vec<String> {
-    let mut f = vec![format!("landlock ABI {abi}: filesystem (read, write, execute, create, remove)")];
+    let mut f = vec![format!(
+        "landlock ABI {abi}: filesystem (read, write, execute, create, remove)"
+    )];
     if abi >= 2 {
         f.push("landlock: cross-directory rename and link".into());
     }

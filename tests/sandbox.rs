@@ -217,7 +217,10 @@ fn escape_attempts_fail_and_leave_tree_and_store_intact() {
         }
         let st = daemon_stat(daemon).unwrap_or_else(|| panic!("{name}: the daemon died"));
         let state = st[st.rfind(')').unwrap() + 2..].chars().next().unwrap();
-        assert!(state != 'T' && state != 't', "{name}: the daemon was stopped");
+        assert!(
+            state != 'T' && state != 't',
+            "{name}: the daemon was stopped"
+        );
         assert_eq!(f.daemon_pid(), daemon, "{name}: the daemon changed");
     }
     assert!(is_mounted(&dir), "the mount survived every attempt");
@@ -227,7 +230,12 @@ fn escape_attempts_fail_and_leave_tree_and_store_intact() {
     // The store only grows (the attempts' own leftovers, such as git's config.lock, were kept
     // like any deletion); everything it held before is still there, byte for byte.
     for (p, e) in &before.1 {
-        assert_eq!(after.1.get(p), Some(e), "store entry {} changed or vanished", p.display());
+        assert_eq!(
+            after.1.get(p),
+            Some(e),
+            "store entry {} changed or vanished",
+            p.display()
+        );
     }
 }
 
@@ -297,7 +305,10 @@ fn the_summary_names_what_was_denied_and_the_flags_that_allow_it() {
     );
     let o = f.agent(&[], &script);
     let err = stderr(&o);
-    assert!(!o.status.success(), "the command's failure is run's exit status\n{err}");
+    assert!(
+        !o.status.success(),
+        "the command's failure is run's exit status\n{err}"
+    );
     assert!(
         err.contains(&format!("--allow-read {}", settings.display())),
         "the summary names the read flag:\n{err}"
@@ -316,14 +327,20 @@ fn the_summary_names_what_was_denied_and_the_flags_that_allow_it() {
     // `saferoot denials` shows the same later, also as JSON.
     let d = f.saferoot(&["denials"]);
     assert_ok(&d);
-    assert!(stdout(&d).contains(&format!("--allow-port {port}")), "{}", stdout(&d));
+    assert!(
+        stdout(&d).contains(&format!("--allow-port {port}")),
+        "{}",
+        stdout(&d)
+    );
     let j = f.saferoot(&["denials", "--json"]);
     assert_ok(&j);
     let rows: Vec<serde_json::Value> = stdout(&j)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(rows.iter().any(|r| r["port"] == port && r["by"] == "landlock"));
+    assert!(rows
+        .iter()
+        .any(|r| r["port"] == port && r["by"] == "landlock"));
     assert!(rows
         .iter()
         .any(|r| r["path"] == settings.to_str().unwrap() && r["access"] == "fs.read_file"));
@@ -370,11 +387,7 @@ fn protected_paths_refuse_the_agent_but_not_the_user() {
     }
     let f = Fixture::new();
     f.project.mount();
-    std::fs::write(
-        f.dir().join("deploy.key"),
-        b"key\n",
-    )
-    .unwrap();
+    std::fs::write(f.dir().join("deploy.key"), b"key\n").unwrap();
     f.project.umount();
     std::fs::write(
         f.dir().join(".saferoot/config.toml"),
@@ -443,7 +456,11 @@ fn one_agent_per_repository_unless_join() {
     assert!(err.contains("--join"), "{err}");
     assert!(!stdout(&o).contains("second"));
     let s = f.saferoot(&["status"]);
-    assert!(stdout(&s).contains(&format!("session: pid {}", first.id())), "{}", stdout(&s));
+    assert!(
+        stdout(&s).contains(&format!("session: pid {}", first.id())),
+        "{}",
+        stdout(&s)
+    );
     assert!(stdout(&s).contains("profile generic"), "{}", stdout(&s));
     let o = f.agent(&["--join"], "echo joined");
     assert_ok(&o);
@@ -478,8 +495,20 @@ fn profile_commands_and_errors() {
     };
     let o = run(&["profile", "list"]);
     assert_ok(&o);
-    for n in ["generic", "pi", "claude-code", "codex", "opencode", "aider", "gemini"] {
-        assert!(stdout(&o).lines().any(|l| l.starts_with(n)), "{n}: {}", stdout(&o));
+    for n in [
+        "generic",
+        "pi",
+        "claude-code",
+        "codex",
+        "opencode",
+        "aider",
+        "gemini",
+    ] {
+        assert!(
+            stdout(&o).lines().any(|l| l.starts_with(n)),
+            "{n}: {}",
+            stdout(&o)
+        );
     }
     let o = run(&["profile", "show", "pi"]);
     assert_ok(&o);
@@ -488,13 +517,25 @@ fn profile_commands_and_errors() {
     let o = run(&["profile", "show", "nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("unknown profile \"nope\""), "{}", stderr(&o));
-    std::fs::write(user.join("mine.toml"), "extends = \"generic\"\nconnect = [\n").unwrap();
+    assert!(
+        stderr(&o).contains("unknown profile \"nope\""),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        user.join("mine.toml"),
+        "extends = \"generic\"\nconnect = [\n",
+    )
+    .unwrap();
     let o = run(&["profile", "show", "mine"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("mine.toml"), "{}", stderr(&o));
-    std::fs::write(user.join("pi.toml"), "description = \"my pi\"\nextends = \"base\"\nconnect = [1234]\n").unwrap();
+    std::fs::write(
+        user.join("pi.toml"),
+        "description = \"my pi\"\nextends = \"base\"\nconnect = [1234]\n",
+    )
+    .unwrap();
     let o = run(&["profile", "show", "pi"]);
     assert_ok(&o);
     assert!(stdout(&o).contains("connect = [1234]"), "{}", stdout(&o));
@@ -512,7 +553,11 @@ fn a_rule_reaching_a_secret_or_the_store_is_refused() {
     let home = f.home.path().to_str().unwrap().to_string();
     let o = f.agent(&["--allow-read", &home], "echo ran");
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("would make the secret"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("would make the secret"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!stdout(&o).contains("ran"));
     // Naming the secret itself is the user's explicit choice.
     let ssh = format!("{home}/.ssh");
@@ -522,7 +567,11 @@ fn a_rule_reaching_a_secret_or_the_store_is_refused() {
     let parent = f.dir().parent().unwrap().to_str().unwrap().to_string();
     let o = f.agent(&["--allow-write", &parent], "echo ran");
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("which the agent must never be able to modify"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("which the agent must never be able to modify"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// The account `--user` tests run the agent as; created once per machine.
@@ -569,13 +618,23 @@ fn user_runs_the_agent_unprivileged() {
     );
     assert_ok(&o);
     let out = stdout(&o);
-    assert!(out.starts_with(&format!("{uid}\n")), "{out}\n{}", stderr(&o));
-    assert!(out.contains(&format!("home={}", agent_home.display())), "{out}");
+    assert!(
+        out.starts_with(&format!("{uid}\n")),
+        "{out}\n{}",
+        stderr(&o)
+    );
+    assert!(
+        out.contains(&format!("home={}", agent_home.display())),
+        "{out}"
+    );
     for bad in ["READ-SHADOW", "READ-KEY", "WROTE-ETC"] {
         assert!(!out.contains(bad), "{bad}: {out}");
     }
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(f.dir().join("new.txt")).unwrap().uid(), uid);
+    assert_eq!(
+        std::fs::metadata(f.dir().join("new.txt")).unwrap().uid(),
+        uid
+    );
     assert!(!f.dir().join("keep.txt").exists());
     // The daemon (root) kept what the agent deleted.
     assert_ok(&f.saferoot(&["restore", "@start"]));

@@ -96,7 +96,10 @@ mod tests {
         let me = std::process::id();
         let (_, ticks) = proc_stat(me).unwrap();
         let g = Guard::default();
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         assert_eq!(g.session_of(child.id()), None, "no session registered");
         g.set(vec![GuardedSession {
             pid: me,
@@ -110,7 +113,11 @@ mod tests {
             start_ticks: ticks + 1,
             session: 42,
         }]);
-        assert_eq!(g.session_of(child.id()), None, "a recycled pid does not count");
+        assert_eq!(
+            g.session_of(child.id()),
+            None,
+            "a recycled pid does not count"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -277,7 +277,13 @@ impl Shared {
     /// Refuse (EACCES) a change to a protected path by a sandboxed agent, and record it in the
     /// denial log. `or_ancestor`: also refuse for a directory containing a protected path
     /// (renaming or removing it would take the protected path along).
-    fn refuse_protected(&self, req: &Request, rel: &Path, access: &str, or_ancestor: bool) -> Result<(), Errno> {
+    fn refuse_protected(
+        &self,
+        req: &Request,
+        rel: &Path,
+        access: &str,
+        or_ancestor: bool,
+    ) -> Result<(), Errno> {
         if !self.guard.active() {
             return Ok(());
         }

@@ -68,6 +68,16 @@ impl Pattern {
     }
 }
 
+/// The names along a project-relative path (`.` and the like dropped).
+fn names(rel: &Path) -> Vec<&[u8]> {
+    rel.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.as_bytes()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `*` matches any run of bytes; everything else matches itself.
 fn glob(pat: &[u8], s: &[u8]) -> bool {
     match pat.iter().position(|&c| c == b'*') {
@@ -109,11 +119,16 @@ impl Protected {
         let mut parts = Vec::new();
         for c in body.split('/') {
             if c.is_empty() || c == "." || c == ".." {
-                return Err(bad("must be a relative path inside the project, without `.` or `..`"));
+                return Err(bad(
+                    "must be a relative path inside the project, without `.` or `..`",
+                ));
             }
             parts.push(c.as_bytes().to_vec());
         }
-        if parts.first().is_some_and(|p| p == crate::store::STORE_DIR.as_bytes()) {
+        if parts
+            .first()
+            .is_some_and(|p| p == crate::store::STORE_DIR.as_bytes())
+        {
             return Err(bad("the store is always out of the agent's reach"));
         }
         Ok(Protected {
@@ -214,13 +229,7 @@ impl Config {
         if self.protect.is_empty() {
             return None;
         }
-        let comps: Vec<&[u8]> = rel
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.as_bytes()),
-                _ => None,
-            })
-            .collect();
+        let comps = names(rel);
         if comps.is_empty() {
             return None;
         }
@@ -237,13 +246,7 @@ impl Config {
         if self.scratch.is_empty() {
             return false;
         }
-        let comps: Vec<&[u8]> = rel
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.as_bytes()),
-                _ => None,
-            })
-            .collect();
+        let comps = names(rel);
         let n = comps.len();
         comps.iter().enumerate().any(|(i, name)| {
             // The last component is a directory only if the caller says so.
@@ -302,7 +305,10 @@ mod tests {
         assert_eq!(p(".git/hooks/pre-commit").as_deref(), Some(".git/hooks"));
         assert_eq!(p(".git/hooks").as_deref(), Some(".git/hooks"));
         assert_eq!(p(".git/config").as_deref(), Some(".git/config"));
-        assert!(p(".git/config.lock").is_none(), "git's lock file is not the config");
+        assert!(
+            p(".git/config.lock").is_none(),
+            "git's lock file is not the config"
+        );
         assert!(p(".git/HEAD").is_none());
         assert!(p(".git/objects/ab/cd").is_none());
         assert!(p(".git").is_none());
@@ -313,10 +319,15 @@ mod tests {
         assert!(p("deploy/prod.key").is_some());
         assert!(p("deploy/prod.txt").is_none());
         assert!(a("deploy"));
-        assert!(p("sub/.git/hooks/x").is_none(), "only the top-level repository");
+        assert!(
+            p("sub/.git/hooks/x").is_none(),
+            "only the top-level repository"
+        );
         assert!(Config::parse("protect = [\"../x\"]").is_err());
         assert!(Config::parse("protect = [\".saferoot/x\"]").is_err());
-        assert!(Config::default().protected(Path::new(".git/hooks/x"), false).is_some());
+        assert!(Config::default()
+            .protected(Path::new(".git/hooks/x"), false)
+            .is_some());
     }
 
     #[test]

@@ -133,6 +133,10 @@ mod tests {
         let e = Denial { t: 3, ..d.clone() };
         append(&store, std::slice::from_ref(&e)).unwrap();
         let got = read(&store).unwrap();
-        assert_eq!(got, vec![d], "the torn line swallows the next line's start only");
+        assert_eq!(
+            got,
+            vec![d],
+            "the torn line swallows the next line's start only"
+        );
     }
 }
