@@ -72,6 +72,11 @@ struct Running {
     notifier: fuser::Notifier,
     started_ns: i64,
     sessions: std::sync::Mutex<Vec<control::SessionInfo>>,
+    /// Held by the control thread from an `umount` request until its reply is sent. The
+    /// unmount ends the FUSE session, and the main thread takes this lock before the process
+    /// exits, so the reply is never cut off by the exit (the client would otherwise see a
+    /// closed connection, retry, find no daemon and no mount, and report "not mounted").
+    answering_umount: Mutex<()>,
 }
 
 impl Running {
@@ -189,6 +194,13 @@ pub fn main(dir: &Path) -> i32 {
             });
     }
     let result = session.run();
+    // An `umount` request that ended the session gets its answer before we exit.
+    drop(
+        running
+            .answering_umount
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
     let store = running.shared.store().clone();
     // The mount is gone: nothing changes the tree any more.
     if let Err(e) = saferoot_snapshots::manifest::take(&store, "umount") {
@@ -299,6 +311,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
             notifier,
             started_ns: now_ns(),
             sessions: std::sync::Mutex::new(Vec::new()),
+            answering_umount: Mutex::new(()),
         },
     ))
 }
@@ -439,6 +452,7 @@ fn control_loop(r: &Running) {
                 let _ = reply(&conn, base, None);
             }
             Request::Umount { lazy } => {
+                let _answering = r.answering_umount.lock().unwrap_or_else(|p| p.into_inner());
                 let res = unmount(r, lazy);
                 let rep = match res {
                     Ok(()) => base,
