@@ -692,6 +692,19 @@ fn parse_seccomp(body: &str, time_ns: i64) -> Option<Denial> {
     })
 }
 
+/// A native `clone3` refused with ENOSYS by design: libc (glibc, musl, Node's libuv through
+/// glibc) takes that as "no clone3 on this kernel" and retries with `clone`, whose flags the
+/// filter does check (a `CLONE_NEW*` there is refused and reported). Nothing the agent needs was
+/// denied, so these records are not reported: every threaded program would otherwise show one
+/// per thread it starts.
+fn is_clone3_fallback(body: &str) -> bool {
+    let f = Fields::parse(body);
+    f.num::<i64>("syscall") == Some(libc::SYS_clone3)
+        && f.raw("arch")
+            .and_then(|a| u32::from_str_radix(a, 16).ok())
+            .is_some_and(|a| Some(a) == crate::seccomp::native_audit_arch())
+}
+
 /// `pid` and its ancestors, from `/proc/<pid>/stat`; empty if `pid` is gone.
 fn ancestry(pid: u32) -> Vec<u32> {
     let mut chain = Vec::new();
@@ -1078,6 +1091,9 @@ impl Reader {
                     self.shared.state().malformed += 1;
                     return;
                 };
+                if is_clone3_fallback(body) {
+                    return;
+                }
                 // Look at the process tree now, while the process most likely still exists.
                 let ancestry = ancestry(denial.pid);
                 let ses = Fields::parse(body).num::<u32>("ses");
@@ -1901,6 +1917,19 @@ mod tests {
             (d.pid, d.comm.as_str(), d.syscall),
             (23474, "python3", Some(165))
         );
+        #[cfg(target_arch = "x86_64")]
+        {
+            let rec = |arch: &str, nr: i64| {
+                format!("pid=1 comm=\"node\" sig=0 arch={arch} syscall={nr} compat=0 code=0x50026")
+            };
+            assert!(is_clone3_fallback(&rec("c000003e", libc::SYS_clone3)));
+            assert!(!is_clone3_fallback(&rec("c000003e", libc::SYS_clone)));
+            assert!(
+                !is_clone3_fallback(&rec("40000003", libc::SYS_clone3)),
+                "i386"
+            );
+            assert!(!is_clone3_fallback(&rec("c000003e", 165)));
+        }
 
         let s = parse_syscall_record(
             "arch=c000003e syscall=257 success=no exit=-13 ppid=1 pid=7 comm=6D7920636174 \
