@@ -4,7 +4,8 @@
 //! Profiles are TOML data. The built-in ones are compiled in from `profiles/*.toml`; a file
 //! `NAME.toml` in the user's profile directory (`$XDG_CONFIG_HOME/saferoot/profiles`, else
 //! `~/.config/saferoot/profiles`) replaces the built-in profile of that name, or adds a new one.
-//! A profile may `extends` another (built-in or user); lists are concatenated, parent first.
+//! A profile may `extends` another (built-in or user); lists are concatenated, parent first,
+//! and `set_env` tables are merged, the child's value winning for a name both set.
 //!
 //! ```toml
 //! description = "Pi coding agent with a local Ollama (127.0.0.1:11434)"
@@ -16,6 +17,7 @@
 //! connect = [11434]         # TCP ports the agent may connect to
 //! bind = []                 # TCP ports it may listen on
 //! env = ["OLLAMA_HOST"]     # variables passed through; a trailing `*` matches any suffix
+//! set_env = { OLLAMA_HOST = "127.0.0.1:11434" }  # variables set; `$HOME`/`${HOME}` expanded
 //! tmp = false               # true: /tmp is writable too (else only the private TMPDIR)
 //! ```
 
@@ -112,6 +114,8 @@ struct ProfileFile {
     bind: Vec<u16>,
     #[serde(default)]
     env: Vec<String>,
+    #[serde(default)]
+    set_env: BTreeMap<String, String>,
     tmp: Option<bool>,
 }
 
@@ -146,6 +150,9 @@ pub struct Profile {
     pub connect: Vec<u16>,
     pub bind: Vec<u16>,
     pub env: Vec<String>,
+    /// Variables set for the agent, by name; values as written (`$HOME` unexpanded: the agent's
+    /// home is known only when running, see [`expand_home`]). They win over passed variables.
+    pub set_env: BTreeMap<String, String>,
     pub tmp: bool,
 }
 
@@ -252,7 +259,79 @@ fn parse(name: &str, text: &str, origin: &Origin) -> Result<ProfileFile, Profile
             )));
         }
     }
+    for (k, v) in &file.set_env {
+        check_set_env(k, v).map_err(|msg| invalid(format!("set_env {k:?}: {msg}")))?;
+    }
     Ok(file)
+}
+
+/// Variables saferoot itself gives the agent; a profile cannot set them.
+const SET_BY_SAFEROOT: &[&str] = &["HOME", "TMPDIR", "SAFEROOT_DIR"];
+
+/// Why `set_env` entry `name = value` is refused, if it is.
+fn check_set_env(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err("not a variable name (empty, or contains `=` or NUL)".to_string());
+    }
+    if name.starts_with("LD_") || NEVER_BY_GLOB.contains(&name) {
+        return Err(
+            "the dynamic loader's variables (LD_*) and the user's agent sockets cannot be set \
+             by a profile"
+                .to_string(),
+        );
+    }
+    if SET_BY_SAFEROOT.contains(&name) {
+        return Err("saferoot sets this variable itself".to_string());
+    }
+    if value.contains('\0') {
+        return Err("the value contains NUL".to_string());
+    }
+    expand_home(value, Path::new("/")).map(|_| ())
+}
+
+/// `value` with `$HOME` and `${HOME}` replaced by `home` and `$$` by `$`; any other `$` is an
+/// error (saferoot expands nothing else, so that a profile means the same in every shell).
+pub fn expand_home(value: &str, home: &Path) -> Result<std::ffi::OsString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let name_char = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out: Vec<u8> = Vec::with_capacity(value.len());
+    let b = value.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'$' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let rest = &b[i + 1..];
+        if rest.starts_with(b"$") {
+            out.push(b'$');
+            i += 2;
+        } else if rest.starts_with(b"{HOME}") {
+            out.extend_from_slice(home.as_os_str().as_bytes());
+            i += 7;
+        } else if rest.starts_with(b"HOME") && !rest.get(4).is_some_and(|&c| name_char(c)) {
+            out.extend_from_slice(home.as_os_str().as_bytes());
+            i += 5;
+        } else {
+            let var: String = if let Some(braced) = rest.strip_prefix(b"{") {
+                match braced.iter().position(|&c| c == b'}') {
+                    Some(end) => format!("${{{}}}", String::from_utf8_lossy(&braced[..end])),
+                    None => format!("${{{} (no closing brace)", String::from_utf8_lossy(braced)),
+                }
+            } else {
+                let end = rest
+                    .iter()
+                    .position(|&c| !name_char(c))
+                    .unwrap_or(rest.len());
+                format!("${}", String::from_utf8_lossy(&rest[..end]))
+            };
+            return Err(format!(
+                "{var} is not expanded: only $HOME and ${{HOME}} are (write $$ for a literal $)"
+            ));
+        }
+    }
+    Ok(std::os::unix::ffi::OsStringExt::from_vec(out))
 }
 
 /// Load profile `name` with its `extends` chain applied.
@@ -265,8 +344,26 @@ pub fn load_from(name: &str, user: Option<&Path>) -> Result<Profile, ProfileErro
     let mut files = Vec::new();
     let mut chain: Vec<String> = Vec::new();
     let mut next = Some(name.to_string());
-    let mut origin = None;
+    let mut origin: Option<Origin> = None;
+    let mut last_origin: Option<Origin> = None;
     while let Some(n) = next {
+        if chain.last() == Some(&n) {
+            // The user's NAME.toml hides the built-in NAME, so it cannot extend it.
+            let builtin = BUILTIN.iter().any(|(b, _)| *b == n);
+            return Err(ProfileError::Invalid {
+                name: n.clone(),
+                origin: last_origin.map(|o| o.to_string()).unwrap_or_default(),
+                msg: if builtin {
+                    format!(
+                        "extends itself: a user profile {n:?} replaces the built-in one, so it \
+                         cannot extend it; name yours differently (say `{n}-mine.toml` with \
+                         `extends = {n:?}`) and run it with --profile {n}-mine"
+                    )
+                } else {
+                    "extends itself".to_string()
+                },
+            });
+        }
         if chain.contains(&n) || chain.len() >= 8 {
             chain.push(n);
             return Err(ProfileError::Cycle {
@@ -277,7 +374,8 @@ pub fn load_from(name: &str, user: Option<&Path>) -> Result<Profile, ProfileErro
         let (text, o) = source(&n, user)?;
         let file = parse(&n, &text, &o)?;
         next = file.extends.clone();
-        origin.get_or_insert(o);
+        origin.get_or_insert_with(|| o.clone());
+        last_origin = Some(o);
         chain.push(n);
         files.push(file);
     }
@@ -297,6 +395,7 @@ pub fn load_from(name: &str, user: Option<&Path>) -> Result<Profile, ProfileErro
         connect: Vec::new(),
         bind: Vec::new(),
         env: Vec::new(),
+        set_env: BTreeMap::new(),
         tmp: false,
     };
     // Parents first, so that a listing reads from general to specific.
@@ -308,6 +407,8 @@ pub fn load_from(name: &str, user: Option<&Path>) -> Result<Profile, ProfileErro
         p.connect.extend(&f.connect);
         p.bind.extend(&f.bind);
         p.env.extend(f.env.iter().cloned());
+        p.set_env
+            .extend(f.set_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(t) = f.tmp {
             p.tmp = t;
         }
@@ -412,6 +513,22 @@ const NEVER_BY_GLOB: &[&str] = &[
     "DBUS_SESSION_BUS_ADDRESS",
 ];
 
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The profile as TOML text, its `extends` chain applied (`saferoot profile show`).
 pub fn render(p: &Profile) -> String {
     fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
@@ -453,6 +570,26 @@ pub fn render(p: &Profile) -> String {
     s.push_str(&format!("connect = {}\n", ports(&p.connect)));
     s.push_str(&format!("bind = {}\n", ports(&p.bind)));
     s.push_str(&format!("env = {}\n", list(p.env.iter())));
+    let set: Vec<String> = p
+        .set_env
+        .iter()
+        .map(|(k, v)| {
+            let key = if k
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+            {
+                k.clone()
+            } else {
+                toml_string(k)
+            };
+            format!("{key} = {}", toml_string(v))
+        })
+        .collect();
+    if set.is_empty() {
+        s.push_str("set_env = {}\n");
+    } else {
+        s.push_str(&format!("set_env = {{ {} }}\n", set.join(", ")));
+    }
     s.push_str(&format!("tmp = {}\n", p.tmp));
     s
 }
@@ -566,6 +703,133 @@ mod tests {
     }
 
     #[test]
+    fn set_env_parses_and_extends_merge_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("parent.toml"),
+            "extends = \"base\"\nset_env = { A = \"parent\", B = \"$HOME/b\" }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("child.toml"),
+            "extends = \"parent\"\n[set_env]\nA = \"child\"\nC = \"${HOME}/.c\"\n",
+        )
+        .unwrap();
+        let p = load_from("child", Some(dir.path())).unwrap();
+        let want: BTreeMap<String, String> =
+            [("A", "child"), ("B", "$HOME/b"), ("C", "${HOME}/.c")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(p.set_env, want);
+        let parent = load_from("parent", Some(dir.path())).unwrap();
+        assert_eq!(parent.set_env["A"], "parent");
+        // No built-in profile sets anything (see docs/agents/claude-code.md for why not even
+        // CLAUDE_CONFIG_DIR).
+        let none = tempfile::tempdir().unwrap();
+        for (name, _) in BUILTIN {
+            assert!(load_from(name, Some(none.path()))
+                .unwrap()
+                .set_env
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn set_env_expands_home_and_nothing_else() {
+        let h = Path::new("/home/agent");
+        let x = |v: &str| expand_home(v, h);
+        assert_eq!(x("$HOME/.claude").unwrap(), "/home/agent/.claude");
+        assert_eq!(x("${HOME}/.claude").unwrap(), "/home/agent/.claude");
+        assert_eq!(x("$HOME:${HOME}").unwrap(), "/home/agent:/home/agent");
+        assert_eq!(x("plain value").unwrap(), "plain value");
+        assert_eq!(x("").unwrap(), "");
+        assert_eq!(x("cost: $$5").unwrap(), "cost: $5");
+        assert_eq!(x("$HOME-x").unwrap(), "/home/agent-x");
+        for (bad, var) in [
+            ("$HOMEDIR/x", "$HOMEDIR"),
+            ("$USER", "$USER"),
+            ("${XDG_CONFIG_HOME}/x", "${XDG_CONFIG_HOME}"),
+            ("${HOME", "${HOME (no closing brace)"),
+            ("a$", "$"),
+            ("$1", "$1"),
+        ] {
+            let e = x(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{var} is not expanded")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn set_env_errors_are_one_line_and_name_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (entry, want)) in [
+            ("FOO = \"$USER/x\"", "$USER is not expanded"),
+            ("\"\" = \"x\"", "not a variable name"),
+            ("\"A=B\" = \"x\"", "not a variable name"),
+            ("\"A\\u0000\" = \"x\"", "not a variable name"),
+            ("LD_PRELOAD = \"/x.so\"", "dynamic loader"),
+            ("LD_LIBRARY_PATH = \"/x\"", "dynamic loader"),
+            ("SSH_AUTH_SOCK = \"/x\"", "agent sockets"),
+            ("TMPDIR = \"/tmp\"", "saferoot sets"),
+            ("HOME = \"/x\"", "saferoot sets"),
+            ("A = \"x\\u0000y\"", "NUL"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("bad{i}");
+            let path = dir.path().join(format!("{name}.toml"));
+            std::fs::write(&path, format!("set_env = {{ {entry} }}\n")).unwrap();
+            let e = load_from(&name, Some(dir.path())).unwrap_err().to_string();
+            assert!(e.contains(want), "{entry}: {e}");
+            assert!(e.contains(&path.display().to_string()), "{entry}: {e}");
+            assert!(e.contains("set_env \""), "{entry}: {e}");
+            assert!(!e.contains('\n'), "{entry}: {e}");
+        }
+        std::fs::write(dir.path().join("list.toml"), "set_env = [\"A\"]\n").unwrap();
+        let e = load_from("list", Some(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        std::fs::write(dir.path().join("num.toml"), "set_env = { A = 1 }\n").unwrap();
+        assert!(load_from("num", Some(dir.path())).is_err());
+    }
+
+    #[test]
+    fn a_user_profile_cannot_extend_the_builtin_it_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("claude-code.toml"),
+            "extends = \"claude-code\"\n",
+        )
+        .unwrap();
+        let e = load_from("claude-code", Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("claude-code-mine"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        std::fs::write(dir.path().join("other.toml"), "extends = \"claude-code\"\n").unwrap();
+        let e = load_from("other", Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("profile \"claude-code\" ("), "{e}");
+        assert!(e.contains("claude-code.toml): extends itself"), "{e}");
+        std::fs::remove_file(dir.path().join("other.toml")).unwrap();
+        std::fs::write(
+            dir.path().join("claude-code-mine.toml"),
+            "extends = \"claude-code\"\nset_env = { CLAUDE_CONFIG_DIR = \"$HOME/.claude\" }\n",
+        )
+        .unwrap();
+        std::fs::remove_file(dir.path().join("claude-code.toml")).unwrap();
+        let p = load_from("claude-code-mine", Some(dir.path())).unwrap();
+        assert_eq!(p.chain, ["claude-code-mine", "claude-code", "base"]);
+        assert_eq!(p.set_env["CLAUDE_CONFIG_DIR"], "$HOME/.claude");
+        assert!(env_allowed(&p.env, "ANTHROPIC_API_KEY"));
+    }
+
+    #[test]
     fn render_round_trips_through_the_parser() {
         let none = tempfile::tempdir().unwrap();
         let p = load_from("pi", Some(none.path())).unwrap();
@@ -573,5 +837,18 @@ mod tests {
         let back = parse("pi", &text, &Origin::Builtin).unwrap();
         assert_eq!(back.connect, p.connect);
         assert_eq!(back.home_write.len(), p.home_write.len());
+        assert!(text.contains("\nset_env = {}\n"), "{text}");
+        let mut p = p;
+        p.set_env
+            .insert("CLAUDE_CONFIG_DIR".into(), "${HOME}/.claude".into());
+        p.set_env
+            .insert("odd name".into(), "a \"q\" \\ \u{1b} é".into());
+        let text = render(&p);
+        assert!(
+            text.contains("set_env = { CLAUDE_CONFIG_DIR = \"${HOME}/.claude\", "),
+            "{text}"
+        );
+        let back = parse("pi", &text, &Origin::Builtin).unwrap();
+        assert_eq!(back.set_env, p.set_env);
     }
 }

@@ -11,7 +11,7 @@ use crate::profile::{self, Profile};
 use crate::sandbox;
 use anyhow::{anyhow, bail, Context, Result};
 use saferoot_snapshots::denials::Denial;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -210,6 +210,29 @@ fn command_line(cmd: &[OsString]) -> String {
     line.join(" ")
 }
 
+/// The home directory of whoever runs saferoot: `$HOME`, else the account's, else `/`.
+fn my_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The agent's home: the `--user` account's, else ours. Home rules are relative to it and
+/// `$HOME` in a profile's `set_env` stands for it.
+fn agent_home(account: Option<&Account>) -> PathBuf {
+    match account {
+        Some(a) => a.home.clone(),
+        None => my_home(),
+    }
+}
+
 /// The sandbox, ready to enter in the child.
 struct Sandbox {
     landlock: Arc<sandbox::Prepared>,
@@ -226,19 +249,10 @@ fn prepare_sandbox(
 ) -> Result<Sandbox> {
     let mount = sandbox::verify_fuse_mount(dir)?;
     let store = dir.join(saferoot_fuse::STORE_DIR);
-    let my_home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::geteuid())
-                .ok()
-                .flatten()
-                .map(|u| u.dir)
-        })
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let (home, others) = match account {
-        Some(a) => (a.home.clone(), vec![my_home]),
-        None => (my_home, Vec::new()),
+    let home = agent_home(account);
+    let others = match account {
+        Some(_) => vec![my_home()],
+        None => Vec::new(),
     };
     let built = policy::build(&policy::Session {
         profile,
@@ -273,8 +287,13 @@ fn prepare_sandbox(
     })
 }
 
-/// The agent's environment: what the profile passes of ours, plus the session's own.
-fn agent_env(profile: Option<&Profile>, account: Option<&Account>) -> Vec<(OsString, OsString)> {
+/// The agent's environment: what the profile passes of ours, the account's identity under
+/// `--user`, then what the profile sets (`set_env`, which wins over both); `TMPDIR` and
+/// `SAFEROOT_DIR` are added by the caller.
+fn agent_env(
+    profile: Option<&Profile>,
+    account: Option<&Account>,
+) -> Result<Vec<(OsString, OsString)>> {
     let mut out: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
             let Some(k) = k.to_str() else { return false };
@@ -292,7 +311,16 @@ fn agent_env(profile: Option<&Profile>, account: Option<&Account>) -> Vec<(OsStr
         out.push(("LOGNAME".into(), a.name.clone().into()));
         out.push(("SHELL".into(), a.shell.clone().into()));
     }
-    out
+    if let Some(p) = profile.filter(|p| !p.set_env.is_empty()) {
+        let home = agent_home(account);
+        out.retain(|(k, _)| !k.to_str().is_some_and(|k| p.set_env.contains_key(k)));
+        for (k, v) in &p.set_env {
+            let v = profile::expand_home(v, &home)
+                .map_err(|e| anyhow!("profile {:?} ({}): set_env {k:?}: {e}", p.name, p.origin))?;
+            out.push((k.into(), v));
+        }
+    }
+    Ok(out)
 }
 
 fn start_ticks() -> u64 {
@@ -311,6 +339,7 @@ fn session(
     account: Option<&Account>,
     daemon: Option<u32>,
 ) -> Result<i32> {
+    let env = agent_env(profile, account)?;
     let tmpdir = sandbox::private_tmpdir(dir)?;
     let cleanup_tmp = |t: &Path| {
         let _ = std::fs::remove_dir_all(t);
@@ -423,7 +452,7 @@ fn session(
         .args(&cmd[1..])
         .current_dir(workdir)
         .env_clear()
-        .envs(agent_env(profile, account))
+        .envs(env)
         .env("TMPDIR", &tmpdir)
         .env("SAFEROOT_DIR", dir);
     let landlock = sbx.as_ref().map(|s| s.landlock.clone());
@@ -588,6 +617,13 @@ fn print_verbose(p: &Profile, s: &Sandbox, features: &[String], account: Option<
     };
     eprintln!("saferoot: tcp connect: {}", ports(&pol.connect));
     eprintln!("saferoot: tcp bind: {}", ports(&pol.bind));
+    if !p.set_env.is_empty() {
+        let names: Vec<&str> = p.set_env.keys().map(String::as_str).collect();
+        eprintln!(
+            "saferoot: environment set by the profile: {}",
+            names.join(", ")
+        );
+    }
     for c in &s.built.created {
         eprintln!("saferoot: created {}", cli::shown(c));
     }
@@ -761,35 +797,164 @@ fn denial_target(d: &Denial) -> String {
     }
 }
 
-/// Group denials by (target, source, access): (target, by, access) → (count, comms, remedy).
-pub fn grouped(
-    denials: &[Denial],
-    home: Option<&Path>,
-) -> Vec<(String, String, usize, String, String)> {
-    let mut groups: BTreeMap<(String, String, String), (usize, Vec<String>, String)> =
-        BTreeMap::new();
+/// One line of a denial listing: (target, "by access", count, commands of the denied
+/// processes, remedy).
+pub type Group = (String, String, usize, String, String);
+
+/// The denials gathered under one line.
+struct Acc {
+    n: usize,
+    comms: Vec<String>,
+    remedy: String,
+    /// Process lines: the distinct target pids.
+    pids: BTreeSet<u32>,
+}
+
+impl Acc {
+    fn new(remedy: String) -> Self {
+        Acc {
+            n: 0,
+            comms: Vec::new(),
+            remedy,
+            pids: BTreeSet::new(),
+        }
+    }
+
+    fn add(&mut self, d: &Denial) {
+        self.n += 1;
+        if !self.comms.contains(&d.comm) && self.comms.len() < 4 {
+            self.comms.push(d.comm.clone());
+        }
+    }
+
+    fn merge(&mut self, o: Acc) {
+        self.n += o.n;
+        for c in o.comms {
+            if !self.comms.contains(&c) && self.comms.len() < 4 {
+                self.comms.push(c);
+            }
+        }
+        self.pids.extend(o.pids);
+    }
+}
+
+/// Group denials by (target, source, access), one line each: every path, port and process
+/// (`saferoot denials`).
+pub fn grouped(denials: &[Denial], home: Option<&Path>) -> Vec<Group> {
+    let mut groups: BTreeMap<(String, String, String), Acc> = BTreeMap::new();
     for d in denials {
         let key = (denial_target(d), d.by.clone(), d.access.clone());
-        let e = groups
+        groups
             .entry(key)
-            .or_insert_with(|| (0, Vec::new(), remedy(d, home)));
-        e.0 += 1;
-        if !e.1.contains(&d.comm) && e.1.len() < 4 {
-            e.1.push(d.comm.clone());
-        }
+            .or_insert_with(|| Acc::new(remedy(d, home)))
+            .add(d);
     }
     groups
         .into_iter()
-        .map(|((target, by, access), (n, comms, remedy))| {
+        .map(|((target, by, access), a)| {
             (
                 target,
                 format!("{by} {access}"),
-                n,
-                comms.join(", "),
-                remedy,
+                a.n,
+                a.comms.join(", "),
+                a.remedy,
             )
         })
         .collect()
+}
+
+/// A denial about another process (Landlock's ptrace and signal scoping), whose target
+/// [`to_denial`] recorded as the path `process pid N (comm)`: (N, comm if known).
+fn process_target(d: &Denial) -> Option<(u32, Option<&str>)> {
+    if d.by != "landlock" {
+        return None;
+    }
+    let rest = d.path.as_deref()?.strip_prefix("process pid ")?;
+    let (pid, comm) = match rest.split_once(' ') {
+        Some((pid, c)) => (
+            pid,
+            c.strip_prefix('(')
+                .and_then(|c| c.strip_suffix(')'))
+                .filter(|c| !c.is_empty()),
+        ),
+        None => (rest, None),
+    };
+    Some((pid.parse().ok()?, comm))
+}
+
+/// In the summary, the target command names shown on a line of their own per kind of process
+/// denial; the others are merged into "other processes".
+const NAMED_PROCESS_LINES: usize = 3;
+
+/// The lines of the end-of-session summary: those of [`grouped`], except that denials about
+/// other processes are merged, per kind of denial, by the target's command name (`ps aux`
+/// under Landlock's ptrace scoping is refused once per process it reads, each a different
+/// pid). The [`NAMED_PROCESS_LINES`] names with the most denials get a line each, the rest
+/// (and targets of unknown name) one "other processes" line; a name is not merged when that
+/// would only save one line. The second value says whether any line covers several processes.
+pub fn summary_groups(denials: &[Denial], home: Option<&Path>) -> (Vec<Group>, bool) {
+    let (procs, rest): (Vec<&Denial>, Vec<&Denial>) =
+        denials.iter().partition(|d| process_target(d).is_some());
+    let rest: Vec<Denial> = rest.into_iter().cloned().collect();
+    let mut out = grouped(&rest, home);
+    let mut merged = false;
+    // (by, access) → target comm (None: unknown) → denials.
+    type ByComm = BTreeMap<Option<String>, Acc>;
+    let mut kinds: BTreeMap<(String, String), ByComm> = BTreeMap::new();
+    for d in procs {
+        let Some((pid, comm)) = process_target(d) else {
+            continue;
+        };
+        let a = kinds
+            .entry((d.by.clone(), d.access.clone()))
+            .or_default()
+            .entry(comm.map(cli::shown_text))
+            .or_insert_with(|| Acc::new(remedy(d, home)));
+        a.add(d);
+        a.pids.insert(pid);
+    }
+    for ((by, access), comms) in kinds {
+        let mut named: Vec<(String, Acc)> = Vec::new();
+        let mut other: Option<Acc> = None;
+        for (comm, a) in comms {
+            match comm {
+                Some(c) => named.push((c, a)),
+                None => other = Some(a),
+            }
+        }
+        // Most denials first; by name among equals (the map gave them in name order).
+        named.sort_by_key(|x| std::cmp::Reverse(x.1.n));
+        if named.len() > NAMED_PROCESS_LINES + 1 {
+            for (_, a) in named.drain(NAMED_PROCESS_LINES..) {
+                match &mut other {
+                    Some(o) => o.merge(a),
+                    None => other = Some(a),
+                }
+            }
+        }
+        let what = format!("{by} {access}");
+        let lines = named
+            .into_iter()
+            .map(|(c, a)| {
+                let target = match a.pids.len() {
+                    1 => format!("process {c} (pid {})", a.pids.first().unwrap_or(&0)),
+                    k => format!("processes named {c} ({k} pids)"),
+                };
+                (target, a)
+            })
+            .chain(other.map(|a| {
+                let target = match a.pids.len() {
+                    1 => format!("process pid {}", a.pids.first().unwrap_or(&0)),
+                    k => format!("other processes ({k} pids)"),
+                };
+                (target, a)
+            }));
+        for (target, a) in lines {
+            merged |= a.pids.len() > 1;
+            out.push((target, what.clone(), a.n, a.comms.join(", "), a.remedy));
+        }
+    }
+    (out, merged)
 }
 
 /// The end-of-session report on stderr: what changed, how to undo it, what was refused.
@@ -836,12 +1001,17 @@ fn summary(
     let home = account
         .map(|a| a.home.clone())
         .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
-    let groups = grouped(&denials, home.as_deref());
+    let (groups, merged) = summary_groups(&denials, home.as_deref());
     eprintln!(
-        "saferoot: {} denied access{} ({} distinct; `saferoot denials` shows them again):",
+        "saferoot: {} denied access{} ({} {}):",
         denials.len(),
         if denials.len() == 1 { "" } else { "es" },
-        groups.len()
+        groups.len(),
+        if merged {
+            "groups, other processes merged by name; `saferoot denials` lists each"
+        } else {
+            "distinct; `saferoot denials` shows them again"
+        }
     );
     for (target, what, n, comms, remedy) in groups.iter().take(30) {
         let times = if *n > 1 {
@@ -855,4 +1025,104 @@ fn summary(
         eprintln!("  … and {} more", groups.len() - 30);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denial(by: &str, access: &str, path: &str, comm: &str) -> Denial {
+        Denial {
+            t: 0,
+            session: 1,
+            by: by.into(),
+            access: access.into(),
+            path: Some(path.into()),
+            port: None,
+            addr: None,
+            syscall: None,
+            pid: 42,
+            comm: comm.into(),
+            exe: None,
+        }
+    }
+
+    /// What `ps aux` under Landlock's ptrace scoping yields, plus a signal and a file denial.
+    #[test]
+    fn summary_merges_denials_about_other_processes() {
+        let ptrace = |target: &str| denial("landlock", "ptrace", target, "ps");
+        let mut ds = vec![
+            denial("landlock", "fs.read_file", "/home/me/.config/x", "cat"),
+            ptrace("process pid 10 (sshd)"),
+            ptrace("process pid 10 (sshd)"),
+            ptrace("process pid 11 (sshd)"),
+            ptrace("process pid 1 (systemd)"),
+            ptrace("process pid 1 (systemd)"),
+            ptrace("process pid 200"),
+            denial(
+                "landlock",
+                "scope.signal",
+                "process pid 1 (systemd)",
+                "kill",
+            ),
+        ];
+        for i in 0..10 {
+            ds.push(ptrace(&format!("process pid {} (kworker/0:{i})", 100 + i)));
+        }
+        let (lines, merged) = summary_groups(&ds, Some(Path::new("/home/me")));
+        assert!(merged);
+        let shown: Vec<(&str, &str, usize, &str)> = lines
+            .iter()
+            .map(|(t, w, n, c, _)| (t.as_str(), w.as_str(), *n, c.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("/home/me/.config/x", "landlock fs.read_file", 1, "cat"),
+                ("processes named sshd (2 pids)", "landlock ptrace", 3, "ps"),
+                ("process systemd (pid 1)", "landlock ptrace", 2, "ps"),
+                ("process kworker/0:0 (pid 100)", "landlock ptrace", 1, "ps"),
+                // kworker/0:1..9 and the nameless pid 200.
+                ("other processes (10 pids)", "landlock ptrace", 10, "ps"),
+                (
+                    "process systemd (pid 1)",
+                    "landlock scope.signal",
+                    1,
+                    "kill"
+                ),
+            ]
+        );
+        assert!(lines[4].4.starts_with("a process outside the sandbox"));
+        assert_eq!(lines.iter().map(|l| l.2).sum::<usize>(), ds.len());
+
+        // `saferoot denials` still lists every process on its own line.
+        let all = grouped(&ds, Some(Path::new("/home/me")));
+        assert_eq!(all.len(), 1 + 14 + 1, "file, 14 pids traced, 1 signalled");
+        assert!(all
+            .iter()
+            .any(|l| l.0 == "process pid 10 (sshd)" && l.2 == 2 && l.1 == "landlock ptrace"));
+
+        // A few names are not merged at all; nothing else changes.
+        let few = vec![
+            ptrace("process pid 10 (sshd)"),
+            ptrace("process pid 11 (sshd)"),
+            ptrace("process pid 1 (systemd)"),
+            denial("fuse", "unlink", "process pid 3 (x)", "rm"),
+        ];
+        let (lines, merged) = summary_groups(&few, None);
+        assert!(merged, "sshd covers two pids");
+        let targets: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "process pid 3 (x)",
+                "processes named sshd (2 pids)",
+                "process systemd (pid 1)"
+            ]
+        );
+        let (lines, merged) = summary_groups(&few[2..], None);
+        assert!(!merged);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(summary_groups(&few[3..], None).0, grouped(&few[3..], None));
+    }
 }
