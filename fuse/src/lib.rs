@@ -123,6 +123,12 @@ fn errno(e: NixErrno) -> Errno {
     Errno::from_i32(e as i32)
 }
 
+/// How a file is opened to copy its bytes into the store: reading it must not show, so no
+/// access time update (the daemon runs as root, which O_NOATIME requires of a non-owner).
+const PREIMAGE_READ: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_NOATIME);
+
 fn store_errno(e: &saferoot_snapshots::Error) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -327,10 +333,7 @@ impl Shared {
 
     /// Keep the current bytes of the regular file `node` in the object store.
     fn preimage_node(&self, node: &Node) -> Result<(String, FileStat), Errno> {
-        let fd = self
-            .table
-            .open(node, OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
-            .map_err(errno)?;
+        let fd = self.table.open(node, PREIMAGE_READ).map_err(errno)?;
         let st = nix::sys::stat::fstat(fd.fd()).map_err(errno)?;
         let h = self
             .store
@@ -615,13 +618,9 @@ impl Shared {
     ) -> Result<(), Errno> {
         if st.st_mode & libc::S_IFMT == libc::S_IFREG {
             if rec.object.is_none() {
-                let fd = nix::fcntl::openat(
-                    dir,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(errno)?;
+                let fd =
+                    nix::fcntl::openat(dir, name, PREIMAGE_READ | OFlag::O_CLOEXEC, Mode::empty())
+                        .map_err(errno)?;
                 rec.object = Some(
                     self.store
                         .preimage(fd.as_fd(), st)
@@ -901,7 +900,7 @@ impl Shared {
                     let fd = nix::fcntl::openat(
                         fd_dir,
                         n,
-                        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        PREIMAGE_READ | OFlag::O_CLOEXEC,
                         Mode::empty(),
                     )
                     .map_err(errno)?;
@@ -1328,19 +1327,14 @@ fn time_spec(t: Option<TimeOrNow>) -> libc::timespec {
                 tv_sec: d.as_secs() as libc::time_t,
                 tv_nsec: d.subsec_nanos() as libc::c_long,
             },
-            Err(e) => {
-                let d = e.duration();
-                let mut secs = -(d.as_secs() as i64);
-                let mut nsec = d.subsec_nanos() as i64;
-                if nsec > 0 {
-                    secs -= 1;
-                    nsec = 1_000_000_000 - nsec;
-                }
-                libc::timespec {
-                    tv_sec: secs as libc::time_t,
-                    tv_nsec: nsec as libc::c_long,
-                }
-            }
+            // Before the epoch. fuser 0.18 turns the kernel's (sec < 0, nsec) into
+            // EPOCH - (|sec| s + nsec ns) instead of EPOCH - |sec| s + nsec ns, and that
+            // decomposition is unique (nsec < 1e9), so undo it to get the caller's timespec
+            // back; the conformance suite (utimensat with a negative time) checks the result.
+            Err(e) => libc::timespec {
+                tv_sec: -(e.duration().as_secs() as i64) as libc::time_t,
+                tv_nsec: e.duration().subsec_nanos() as libc::c_long,
+            },
         },
     }
 }
@@ -2227,16 +2221,41 @@ impl Filesystem for SaferootFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
             let (_fd, proc) = s.proc_of(&node)?;
-            let mut buf = vec![0u8; size as usize];
-            // SAFETY: buf has size bytes; size 0 asks for the length only.
-            let n = unsafe { libc::listxattr(proc.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-            let n = sys::last_errno_isize(n).map_err(errno)?;
-            buf.truncate(n);
+            // The whole list, always: names the caller may not see are dropped below, so the
+            // length the caller is told must be computed after that.
+            let mut buf = Vec::new();
+            loop {
+                // SAFETY: buf has buf.len() bytes; 0 asks for the length only.
+                let need = unsafe { libc::listxattr(proc.as_ptr(), std::ptr::null_mut(), 0) };
+                let need = sys::last_errno_isize(need).map_err(errno)?;
+                buf.resize(need, 0);
+                // SAFETY: as above.
+                let n =
+                    unsafe { libc::listxattr(proc.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                match sys::last_errno_isize(n) {
+                    Ok(n) => {
+                        buf.truncate(n);
+                        break;
+                    }
+                    // The list grew between the two calls.
+                    Err(NixErrno::ERANGE) => continue,
+                    Err(e) => return Err(errno(e)),
+                }
+            }
+            // The kernel lists `trusted.*` names only to callers with CAP_SYS_ADMIN; the daemon
+            // has it, so it filters them for callers without it, as the native listing would.
+            if sys::has_trusted_names(&buf) && !sys::caller_has_cap(req.pid(), sys::CAP_SYS_ADMIN) {
+                buf = sys::without_trusted_names(&buf);
+            }
+            let n = buf.len();
+            if size != 0 && n > size as usize {
+                return Err(Errno::from_i32(libc::ERANGE));
+            }
             Ok::<_, Errno>((n, buf))
         })();
         match r {

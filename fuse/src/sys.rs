@@ -116,3 +116,61 @@ pub fn last_errno_isize(r: isize) -> SysResult<usize> {
         Ok(r as usize)
     }
 }
+
+const TRUSTED_PREFIX: &[u8] = b"trusted.";
+
+/// `CAP_SYS_ADMIN` (capability.h), which the kernel requires to list `trusted.*` names.
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// Does a `listxattr` result (NUL-terminated names) hold any `trusted.*` name?
+pub fn has_trusted_names(list: &[u8]) -> bool {
+    list.split(|&b| b == 0)
+        .any(|n| n.starts_with(TRUSTED_PREFIX))
+}
+
+/// The `listxattr` result without its `trusted.*` names.
+pub fn without_trusted_names(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split(|&b| b == 0) {
+        if !name.is_empty() && !name.starts_with(TRUSTED_PREFIX) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// Does process (or thread) `pid` hold capability `cap` in its effective set? From
+/// `/proc/PID/status`; false when that cannot be read (the process is gone).
+pub fn caller_has_cap(pid: u32, cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| cap < 64 && caps & (1u64 << cap) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_names_are_filtered_from_a_listing() {
+        let list = b"user.a\0trusted.t\0security.selinux\0trusted.overlay.x\0";
+        assert!(has_trusted_names(list));
+        assert_eq!(without_trusted_names(list), b"user.a\0security.selinux\0");
+        assert!(!has_trusted_names(b"user.trusted.x\0"));
+        assert_eq!(without_trusted_names(b""), b"");
+    }
+
+    #[test]
+    fn capabilities_of_this_process() {
+        let me = std::process::id();
+        let root = nix::unistd::geteuid().is_root();
+        assert_eq!(caller_has_cap(me, CAP_SYS_ADMIN), root);
+        assert!(!caller_has_cap(u32::MAX, CAP_SYS_ADMIN));
+    }
+}

@@ -648,60 +648,115 @@ pub fn hash_fd(fd: BorrowedFd<'_>) -> std::result::Result<blake3::Hash, Errno> {
 }
 
 /// Make `dst` (empty, writable) hold the same bytes as `src`: FICLONE first (O(1) on btrfs, XFS,
-/// bcachefs), then `copy_file_range` (in-kernel copy), then read/write.
+/// bcachefs), else a copy of the data extents only, so that a sparse file (a VM image, a
+/// `truncate -s 10G` file) stays sparse in the store instead of filling the disk with zeros.
+/// Each extent goes through `copy_file_range` (in-kernel), falling back to read/write. Bytes
+/// appended to `src` after the copy started are left out: the copy is what gets hashed.
 pub fn clone_or_copy(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
     // SAFETY: FICLONE takes the source fd as its argument; both fds are valid for the call.
     let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
     if r == 0 {
         return Ok(());
     }
-    let mut off_in: i64 = 0;
-    let mut off_out: i64 = 0;
-    let mut use_cfr = true;
-    let mut buf = Vec::new();
-    loop {
-        if use_cfr {
-            // SAFETY: offsets are valid pointers to i64 for the duration of the call.
-            let n = unsafe {
-                libc::copy_file_range(
-                    src.as_raw_fd(),
-                    &mut off_in,
-                    dst.as_raw_fd(),
-                    &mut off_out,
-                    1 << 30,
-                    0,
-                )
-            };
-            if n > 0 {
-                continue;
-            }
-            if n == 0 {
-                return Ok(());
-            }
-            let e = Errno::last();
-            if matches!(
-                e,
-                Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP
-            ) {
-                use_cfr = false;
-                buf.resize(1 << 16, 0);
-                continue;
-            }
-            if e == Errno::EINTR {
-                continue;
-            }
-            return Err(e);
+    let size = nix::sys::stat::fstat(src)?.st_size;
+    let mut copier = Copier {
+        use_cfr: true,
+        buf: Vec::new(),
+    };
+    let mut off = 0i64;
+    while off < size {
+        // The next data extent [data, hole); a filesystem without SEEK_DATA has one, all of it.
+        let data = match nix::unistd::lseek(src, off, nix::unistd::Whence::SeekData) {
+            Ok(d) => d,
+            Err(Errno::ENXIO) => break, // only a hole up to the end
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => off,
+            Err(e) => return Err(e),
+        };
+        if data >= size {
+            break;
         }
-        let n = nix::sys::uio::pread(src, &mut buf, off_in)?;
-        if n == 0 {
+        let hole = match nix::unistd::lseek(src, data, nix::unistd::Whence::SeekHole) {
+            Ok(h) => h.min(size),
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENXIO) => size,
+            Err(e) => return Err(e),
+        };
+        if hole <= data {
+            break;
+        }
+        if copier.range(src, dst, data, hole - data)? {
+            // src shrank under us: what was copied is the copy.
             return Ok(());
         }
-        let mut done = 0;
-        while done < n {
-            done += nix::sys::uio::pwrite(dst, &buf[done..n], off_out + done as i64)?;
+        off = hole;
+    }
+    // The holes up to the size (a trailing hole has no extent to copy).
+    nix::unistd::ftruncate(dst, size)
+}
+
+/// Copies byte ranges between two files at the same offsets.
+struct Copier {
+    use_cfr: bool,
+    buf: Vec<u8>,
+}
+
+impl Copier {
+    /// Copy `len` bytes at `off`; true if `src` ended before that (it shrank).
+    fn range(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        off: i64,
+        len: i64,
+    ) -> std::result::Result<bool, Errno> {
+        let (mut off_in, mut off_out) = (off, off);
+        let end = off + len;
+        while off_in < end {
+            let want = (end - off_in).min(1 << 30) as usize;
+            if self.use_cfr {
+                // SAFETY: offsets are valid pointers to i64 for the duration of the call.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        src.as_raw_fd(),
+                        &mut off_in,
+                        dst.as_raw_fd(),
+                        &mut off_out,
+                        want,
+                        0,
+                    )
+                };
+                if n > 0 {
+                    continue;
+                }
+                if n == 0 {
+                    return Ok(true);
+                }
+                let e = Errno::last();
+                if matches!(
+                    e,
+                    Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP
+                ) {
+                    self.use_cfr = false;
+                    self.buf.resize(1 << 16, 0);
+                    continue;
+                }
+                if e == Errno::EINTR {
+                    continue;
+                }
+                return Err(e);
+            }
+            let chunk = want.min(self.buf.len());
+            let n = nix::sys::uio::pread(src, &mut self.buf[..chunk], off_in)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            let mut done = 0;
+            while done < n {
+                done += nix::sys::uio::pwrite(dst, &self.buf[done..n], off_out + done as i64)?;
+            }
+            off_in += n as i64;
+            off_out += n as i64;
         }
-        off_in += n as i64;
-        off_out += n as i64;
+        Ok(false)
     }
 }
 
@@ -810,6 +865,50 @@ mod tests {
         let fd: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
         let s = Store::open_or_create(fd.as_fd(), t.path()).unwrap();
         (t, fd, s)
+    }
+
+    #[test]
+    fn copies_keep_sparse_files_sparse() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let src_path = t.path().join("sparse");
+        let src = std::fs::File::create_new(&src_path).unwrap();
+        let gib = 1u64 << 30;
+        src.write_all_at(b"head", 0).unwrap();
+        src.write_all_at(b"middle", 3 * gib).unwrap();
+        src.set_len(6 * gib).unwrap(); // a trailing hole
+        let src = std::fs::File::open(&src_path).unwrap();
+        let dst = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(t.path().join("copy"))
+            .unwrap();
+        clone_or_copy(src.as_fd(), dst.as_fd()).unwrap();
+        let md = dst.metadata().unwrap();
+        assert_eq!(md.len(), 6 * gib);
+        assert!(
+            md.blocks() * 512 < 64 << 20,
+            "copy is not sparse: {} blocks",
+            md.blocks()
+        );
+        let mut b = [0u8; 6];
+        dst.read_exact_at(&mut b, 3 * gib).unwrap();
+        assert_eq!(&b, b"middle");
+        dst.read_exact_at(&mut b[..4], 0).unwrap();
+        assert_eq!(&b[..4], b"head");
+        dst.read_exact_at(&mut b, 2 * gib).unwrap();
+        assert_eq!(b, [0; 6]);
+
+        // A file with no data at all, and an empty one.
+        for len in [0, 5 * gib] {
+            let p = t.path().join(format!("hole{len}"));
+            std::fs::File::create_new(&p).unwrap().set_len(len).unwrap();
+            let q = t.path().join(format!("hole{len}.copy"));
+            let d = std::fs::File::create_new(&q).unwrap();
+            clone_or_copy(std::fs::File::open(&p).unwrap().as_fd(), d.as_fd()).unwrap();
+            assert_eq!(d.metadata().unwrap().len(), len);
+        }
     }
 
     #[test]
