@@ -274,6 +274,8 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     if let Err(e) = saferoot_snapshots::manifest::take(&store, "mount") {
         log::warn!("snapshot at mount: {e}");
     }
+    // The snapshot of a large tree allocates and frees much: do not keep that as resident size.
+    saferoot_fuse::node::trim_heap();
     let config = saferoot_snapshots::config::Config::load(&store)
         .with_context(|| format!("read {}", store.dir_path().join("config.toml").display()))?;
     let fs = SaferootFs::new(

@@ -54,7 +54,9 @@ const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 pub struct Options {
     /// How long the kernel may cache names and attributes. Nothing but this daemon and a
     /// restore (which asks the daemon to invalidate what it changed) changes the backing
-    /// directory while it is mounted, so this could be long; the default is 1 s.
+    /// directory while it is mounted, so it is long: one hour by default. Every expiry costs
+    /// a LOOKUP or GETATTR round trip per path on the next `stat`, which a `git status` every
+    /// few seconds would otherwise pay for every file of the tree.
     pub ttl: Duration,
     /// Which trees pass through unversioned (see `saferoot_snapshots::config`).
     pub config: Config,
@@ -63,7 +65,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            ttl: Duration::from_secs(1),
+            ttl: Duration::from_secs(3600),
             config: Config::default(),
         }
     }
@@ -111,6 +113,11 @@ pub struct Shared {
     /// The kernel accepted FUSE passthrough: reads and writes of regular files go straight to
     /// the backing file without a round trip through this process.
     passthrough: std::sync::atomic::AtomicBool,
+    /// Inodes whose passthrough registration outlived their last open handle, oldest first:
+    /// the next open of the same file reuses it (two ioctls and a kernel file fewer per open,
+    /// which is most of the cost of re-reading a tree: `grep -r`, builds, `git status`). At
+    /// most [`IDLE_BACKING_MAX`] are kept; a forgotten inode drops its own.
+    idle_backing: Mutex<std::collections::VecDeque<std::sync::Weak<Node>>>,
     /// Live `saferoot run` sessions whose agents may not change protected paths.
     pub guard: guard::Guard,
 }
@@ -128,6 +135,9 @@ fn errno(e: NixErrno) -> Errno {
 const PREIMAGE_READ: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_NOATIME);
+
+/// Passthrough registrations kept for files no handle has open (see `Shared::idle_backing`).
+const IDLE_BACKING_MAX: usize = 4096;
 
 fn store_errno(e: &saferoot_snapshots::Error) -> Errno {
     Errno::from_i32(e.errno())
@@ -180,6 +190,7 @@ impl SaferootFs {
                 comms: Mutex::new(HashMap::new()),
                 opts,
                 passthrough: std::sync::atomic::AtomicBool::new(false),
+                idle_backing: Mutex::new(std::collections::VecDeque::new()),
                 guard: guard::Guard::default(),
             }),
         })
@@ -1226,6 +1237,26 @@ impl Shared {
         Some(b)
     }
 
+    /// Keep the passthrough registration of `node`, which no handle uses any more, for the
+    /// next open; unregister the oldest idle ones beyond [`IDLE_BACKING_MAX`].
+    fn keep_idle_backing(&self, node: &Arc<Node>) {
+        let evicted: Vec<std::sync::Weak<Node>> = {
+            let mut q = self.idle_backing.lock().unwrap_or_else(|p| p.into_inner());
+            q.push_back(Arc::downgrade(node));
+            let excess = q.len().saturating_sub(IDLE_BACKING_MAX);
+            q.drain(..excess).collect()
+        };
+        for w in evicted {
+            if let Some(n) = w.upgrade() {
+                let mut b = n.backing.lock().unwrap_or_else(|p| p.into_inner());
+                if matches!(b.as_ref(), Some((_, 0))) {
+                    // Dropping the id unregisters it from the kernel.
+                    *b = None;
+                }
+            }
+        }
+    }
+
     /// The mode before an xattr change that may change it (a POSIX access ACL).
     fn acl_mode_before(&self, name: &OsStr, fd: BorrowedFd<'_>) -> Option<FileStat> {
         (name.as_bytes() == b"system.posix_acl_access")
@@ -1806,13 +1837,19 @@ impl Filesystem for SaferootFs {
         })();
         match r {
             Ok((node, file, fh)) => {
+                // A handle that cannot write has nothing to do at close(2) (no write session to
+                // end, no delayed write error; POSIX locks are the kernel's): spare the round
+                // trip of a FLUSH request on every close of a file opened for reading.
+                let noflush = if file.writer_of.is_none() {
+                    FopenFlags::FOPEN_NOFLUSH
+                } else {
+                    FopenFlags::empty()
+                };
                 // Nothing else changes backing files while mounted: the page cache stays valid.
-                let flags = FopenFlags::FOPEN_KEEP_CACHE;
+                let flags = FopenFlags::FOPEN_KEEP_CACHE | noflush;
                 match s.backing_for(&node, &file, |fd| reply.open_backing(fd)) {
                     Some(b) => match b.as_ref() {
-                        Some((id, _)) => {
-                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
-                        }
+                        Some((id, _)) => reply.opened_passthrough(FileHandle(fh), noflush, id),
                         None => reply.opened(FileHandle(fh), flags),
                     },
                     None => reply.opened(FileHandle(fh), flags),
@@ -1949,8 +1986,8 @@ impl Filesystem for SaferootFs {
             if let Some((_, n)) = b.as_mut() {
                 *n -= 1;
                 if *n == 0 {
-                    // Dropping the id unregisters it from the kernel.
-                    *b = None;
+                    drop(b);
+                    self.shared.keep_idle_backing(&node);
                 }
             }
         }

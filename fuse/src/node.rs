@@ -21,6 +21,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub const ROOT_ID: u64 = 1;
+/// Forgotten nodes between two returns of freed memory to the system.
+const TRIM_EVERY: u64 = 16_384;
+
+/// Return freed heap memory to the system (glibc keeps it otherwise).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 const FOREIGN_BASE: u64 = 1 << 63;
 
 pub enum NodeRef {
@@ -97,6 +107,8 @@ pub struct Table {
     nodes: RwLock<HashMap<u64, Arc<Node>>>,
     foreign: Mutex<HashMap<(u64, u64), u64>>,
     next_foreign: AtomicU64,
+    /// Nodes removed by FORGET so far (see [`Table::forget`]).
+    forgotten: AtomicU64,
 }
 
 impl Table {
@@ -133,6 +145,7 @@ impl Table {
             nodes: RwLock::new(nodes),
             foreign: Mutex::new(HashMap::new()),
             next_foreign: AtomicU64::new(FOREIGN_BASE),
+            forgotten: AtomicU64::new(0),
         })
     }
 
@@ -289,6 +302,17 @@ impl Table {
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&(node.dev, node.ino));
                 }
+            }
+            // After many forgets (the kernel dropping its inode cache), give the memory back:
+            // the map keeps its capacity and malloc keeps freed small blocks otherwise, so the
+            // daemon's resident size would stay at its peak.
+            let n = self.forgotten.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % TRIM_EVERY == 0 {
+                if nodes.len() < nodes.capacity() / 4 {
+                    nodes.shrink_to_fit();
+                }
+                drop(nodes);
+                trim_heap();
             }
         }
     }
