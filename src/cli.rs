@@ -797,7 +797,7 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
                 return Err(e.into());
             }
             if mounted {
-                let _ = control::call(dir, &Request::Invalidate { paths: mine });
+                tell_daemon_changed(dir, &mine);
             }
             bail!(
                 "{e}; the restore stopped after changing some paths: undo that with \
@@ -819,7 +819,7 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
     );
     if mounted && !dry_run && !report.changes.is_empty() {
         let changed: Vec<PathBuf> = report.changes.iter().map(|c| c.path.clone()).collect();
-        let _ = control::call(dir, &Request::Invalidate { paths: changed });
+        tell_daemon_changed(dir, &changed);
     }
     for c in &report.changes {
         println!("{} {}", c.mark.symbol(), shown(&c.path));
@@ -901,4 +901,17 @@ fn status(dir: &Path) -> Result<i32> {
         None => println!("sandbox on this kernel: no Landlock (`run` needs --no-sandbox)"),
     }
     Ok(0)
+}
+
+/// Tell the daemon what a restore changed; say so when that fails (the mount may then show the
+/// old names for a while).
+pub fn tell_daemon_changed(dir: &Path, paths: &[PathBuf]) {
+    if let Err(e) = control::invalidate(dir, paths) {
+        eprintln!(
+            "saferoot: warning: the mount may show some of the {} changed path(s) as they were \
+             until they expire from the kernel's cache (up to an hour): {e:#}; \
+             `saferoot umount` and `saferoot mount` show them at once",
+            paths.len()
+        );
+    }
 }

@@ -27,10 +27,11 @@ pub enum Request {
     Status,
     /// Send the descriptor of the real project directory.
     Fd,
-    /// Drop the kernel's cached names/attributes for these project-relative paths.
+    /// Drop the kernel's cached names/attributes for these project-relative paths, each the
+    /// hex of its bytes (a path need not be UTF-8). Sent in chunks by [`invalidate`].
     Invalidate {
         #[serde(default)]
-        paths: Vec<PathBuf>,
+        paths: Vec<String>,
     },
     /// Unmount and exit. `lazy`: detach even if busy.
     Umount {
@@ -278,4 +279,68 @@ fn call_once(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>
     }
     let reply: Reply = serde_json::from_slice(&reply).context("parse daemon reply")?;
     Ok(Some((reply, passed)))
+}
+
+/// Paths per `Invalidate` request: far below the 1 MiB a request line may take.
+const INVALIDATE_CHUNK: usize = 1000;
+
+/// Tell the daemon serving `dir` (if any) that `paths` changed behind the kernel's back, so
+/// that the mount does not show what it cached of them. An error means the mount may show
+/// stale names or attributes until they expire (the entry TTL) or it is mounted again.
+pub fn invalidate(dir: &Path, paths: &[PathBuf]) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    for chunk in paths.chunks(INVALIDATE_CHUNK) {
+        let hex = chunk
+            .iter()
+            .map(|p| {
+                p.as_os_str()
+                    .as_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .collect();
+        match call(dir, &Request::Invalidate { paths: hex })? {
+            Some((rep, _)) if !rep.ok => anyhow::bail!(
+                "the daemon refused to invalidate its cache: {}",
+                rep.error.unwrap_or_default()
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The inverse of the encoding [`invalidate`] uses; `None` for text that is not even-length hex.
+pub fn path_from_hex(h: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    if h.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect();
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes?)))
+}
+
+#[cfg(test)]
+mod invalidate_tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn paths_survive_the_hex_encoding_whatever_their_bytes() {
+        let p = PathBuf::from(std::ffi::OsStr::from_bytes(b"caf\xe9/new\nline \xff.txt"));
+        let hex: String = p
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(path_from_hex(&hex), Some(p));
+        assert_eq!(path_from_hex("6"), None);
+        assert_eq!(path_from_hex("zz"), None);
+        assert_eq!(path_from_hex(""), Some(PathBuf::new()));
+    }
 }

@@ -283,7 +283,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
         store.clone(),
         Options {
             config,
-            ttl: cache_ttl(),
+            ttl: cache_ttl(sfs.filesystem_type().0 as i64),
         },
     )
     .context("start the filesystem")?;
@@ -304,6 +304,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
         .with_context(|| format!("mount FUSE over {}", dir.display()))?;
     record(&store, Op::Mount);
     let notifier = session.notifier();
+    shared.set_notifier(notifier.clone());
     Ok((
         session,
         Running {
@@ -320,13 +321,32 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
 
 /// How long the kernel may cache names and attributes: `SAFEROOT_TTL_MS` if set, else the
 /// filesystem's default.
-fn cache_ttl() -> std::time::Duration {
-    std::env::var("SAFEROOT_TTL_MS")
+fn cache_ttl(fs_type: i64) -> std::time::Duration {
+    if let Some(ms) = std::env::var("SAFEROOT_TTL_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| std::time::Duration::from_millis(ms.min(3_600_000)))
-        .unwrap_or(saferoot_fuse::Options::default().ttl)
+    {
+        return std::time::Duration::from_millis(ms.min(3_600_000));
+    }
+    if SHARED_FS_MAGICS.contains(&fs_type) {
+        // Other machines (or the host of a VM) can change the files behind this daemon.
+        return std::time::Duration::from_secs(1);
+    }
+    saferoot_fuse::Options::default().ttl
 }
+
+/// `statfs` types of filesystems that others can change underneath the mount: NFS, SMB/CIFS,
+/// 9p, Ceph, AFS, and FUSE ones (sshfs, virtiofs): the kernel's cache is kept for 1 s there.
+const SHARED_FS_MAGICS: [i64; 8] = [
+    0x6969,      // NFS
+    0x517B,      // SMB
+    0xFE53_4D42, // SMB2
+    0xFF53_4D42, // CIFS
+    0x0102_1997, // 9p
+    0x00C3_6400, // Ceph
+    0x5346_414F, // AFS
+    FUSE_MAGIC,
+];
 
 /// How many threads serve FUSE requests: `SAFEROOT_THREADS` if set (1 to 64), else one per
 /// core plus one, at least 2 (a request that blocks — an fsync, a large pre-image copy — must
@@ -450,6 +470,10 @@ fn control_loop(r: &Running) {
                 let _ = reply(&conn, base, Some(fd));
             }
             Request::Invalidate { paths } => {
+                let paths: Vec<PathBuf> = paths
+                    .iter()
+                    .filter_map(|h| control::path_from_hex(h))
+                    .collect();
                 invalidate(r, &paths);
                 let _ = reply(&conn, base, None);
             }

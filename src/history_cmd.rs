@@ -7,7 +7,6 @@
 //! stderr for an error (`cli::main` prints the first line of the error chain).
 
 use crate::cli::{self, open_store, project_relative};
-use crate::control::{self, Request};
 use crate::snapshot_cmd::resolve_time;
 use anyhow::Result;
 use saferoot_snapshots::restore;
@@ -120,7 +119,7 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
             .flat_map(|i| i.changes.iter().map(|c| c.path.clone()))
             .collect();
         if !changed.is_empty() {
-            let _ = control::call(dir, &Request::Invalidate { paths: changed });
+            crate::cli::tell_daemon_changed(dir, &changed);
         }
     }
     for it in &report.items {

@@ -118,6 +118,9 @@ pub struct Shared {
     /// which is most of the cost of re-reading a tree: `grep -r`, builds, `git status`). At
     /// most [`IDLE_BACKING_MAX`] are kept; a forgotten inode drops its own.
     idle_backing: Mutex<std::collections::VecDeque<std::sync::Weak<Node>>>,
+    /// Tells the kernel to drop cached attributes the daemon knows are stale; set by the
+    /// daemon once the session exists.
+    notifier: std::sync::OnceLock<fuser::Notifier>,
     /// Live `saferoot run` sessions whose agents may not change protected paths.
     pub guard: guard::Guard,
 }
@@ -138,6 +141,17 @@ const PREIMAGE_READ: OFlag = OFlag::O_RDONLY
 
 /// Passthrough registrations kept for files no handle has open (see `Shared::idle_backing`).
 const IDLE_BACKING_MAX: usize = 4096;
+
+/// Open `name` in `dir` to copy its bytes into the store ([`PREIMAGE_READ`]; without
+/// O_NOATIME where that is not permitted).
+fn open_for_preimage(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
+    let open =
+        |flags: OFlag| nix::fcntl::openat(dir, name, flags | OFlag::O_CLOEXEC, Mode::empty());
+    match open(PREIMAGE_READ) {
+        Err(NixErrno::EPERM) => open(PREIMAGE_READ - OFlag::O_NOATIME),
+        r => r,
+    }
+}
 
 fn store_errno(e: &saferoot_snapshots::Error) -> Errno {
     Errno::from_i32(e.errno())
@@ -191,6 +205,7 @@ impl SaferootFs {
                 opts,
                 passthrough: std::sync::atomic::AtomicBool::new(false),
                 idle_backing: Mutex::new(std::collections::VecDeque::new()),
+                notifier: std::sync::OnceLock::new(),
                 guard: guard::Guard::default(),
             }),
         })
@@ -203,6 +218,22 @@ impl SaferootFs {
 }
 
 impl Shared {
+    /// Give the filesystem the session's notifier (see [`Shared::stale_attributes`]).
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// The kernel's cached attributes of node `id` may be wrong: drop them (not its pages),
+    /// so the next `stat` asks. With a long attribute TTL this matters for changes the kernel
+    /// does not see itself: writes through a shared mapping of a passthrough file, and a
+    /// `setattr` that failed after changing part of what it was asked to.
+    fn stale_attributes(&self, id: u64) {
+        if let Some(n) = self.notifier.get() {
+            // Offset -1: attributes only, no page cache work, so safe from a request thread.
+            let _ = n.inval_inode(INodeNo(id), -1, 0);
+        }
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -344,7 +375,12 @@ impl Shared {
 
     /// Keep the current bytes of the regular file `node` in the object store.
     fn preimage_node(&self, node: &Node) -> Result<(String, FileStat), Errno> {
-        let fd = self.table.open(node, PREIMAGE_READ).map_err(errno)?;
+        let fd = match self.table.open(node, PREIMAGE_READ) {
+            // O_NOATIME needs ownership or CAP_FOWNER, which a daemon without full root lacks.
+            Err(NixErrno::EPERM) => self.table.open(node, PREIMAGE_READ - OFlag::O_NOATIME),
+            r => r,
+        }
+        .map_err(errno)?;
         let st = nix::sys::stat::fstat(fd.fd()).map_err(errno)?;
         let h = self
             .store
@@ -629,9 +665,7 @@ impl Shared {
     ) -> Result<(), Errno> {
         if st.st_mode & libc::S_IFMT == libc::S_IFREG {
             if rec.object.is_none() {
-                let fd =
-                    nix::fcntl::openat(dir, name, PREIMAGE_READ | OFlag::O_CLOEXEC, Mode::empty())
-                        .map_err(errno)?;
+                let fd = open_for_preimage(dir, name).map_err(errno)?;
                 rec.object = Some(
                     self.store
                         .preimage(fd.as_fd(), st)
@@ -908,13 +942,7 @@ impl Shared {
             match fmt {
                 libc::S_IFDIR => rec.op = Op::Rmdir,
                 libc::S_IFREG => {
-                    let fd = nix::fcntl::openat(
-                        fd_dir,
-                        n,
-                        PREIMAGE_READ | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(errno)?;
+                    let fd = open_for_preimage(fd_dir, n).map_err(errno)?;
                     rec.object = Some(
                         self.store
                             .preimage(fd.as_fd(), st)
@@ -1543,7 +1571,11 @@ impl Filesystem for SaferootFs {
         })();
         match r {
             Ok(a) => reply.attr(&s.opts.ttl, &a),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                // Part of the change may have happened (a chmod before a failing truncate).
+                s.stale_attributes(ino.0);
+                reply.error(e)
+            }
         }
     }
 
@@ -1946,6 +1978,9 @@ impl Filesystem for SaferootFs {
             nix::unistd::close(dup).map_err(errno)?;
             if let Some(node) = f.writer_of.as_ref() {
                 self.shared.flush_write(req, node, &f);
+                // As in release: a shared mapping unmapped before close(2) wrote behind the
+                // kernel's cached attributes (flush is synchronous, release is not).
+                self.shared.stale_attributes(node.id);
             }
             Ok(())
         });
@@ -1974,6 +2009,10 @@ impl Filesystem for SaferootFs {
         if let Some(f) = file.as_ref() {
             if let Some(w) = f.writer_of.as_ref() {
                 self.shared.end_write(req, w, f);
+                // Writes through a shared mapping of a passthrough file change the real file's
+                // size and times without the kernel updating the attributes it caches (RELEASE
+                // comes after the last munmap).
+                self.shared.stale_attributes(w.id);
             }
         }
         if let Some(node) = file.and_then(|f| {

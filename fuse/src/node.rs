@@ -295,7 +295,8 @@ impl Table {
             None => false,
         };
         if gone {
-            if let Some(node) = nodes.remove(&id) {
+            let removed = nodes.remove(&id);
+            if let Some(node) = &removed {
                 if node.dev != self.root_dev || node.ino == ROOT_ID || node.ino >= FOREIGN_BASE {
                     self.foreign
                         .lock()
@@ -303,15 +304,22 @@ impl Table {
                         .remove(&(node.dev, node.ino));
                 }
             }
+            // Dropping a node may close its passthrough registration, and with it the last
+            // reference to an unlinked file, whose blocks the filesystem then frees: not while
+            // every other request waits for the table.
+            drop(nodes);
+            drop(removed);
             // After many forgets (the kernel dropping its inode cache), give the memory back:
             // the map keeps its capacity and malloc keeps freed small blocks otherwise, so the
             // daemon's resident size would stay at its peak.
             let n = self.forgotten.fetch_add(1, Ordering::Relaxed) + 1;
             if n % TRIM_EVERY == 0 {
-                if nodes.len() < nodes.capacity() / 4 {
-                    nodes.shrink_to_fit();
+                {
+                    let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+                    if nodes.len() < nodes.capacity() / 4 {
+                        nodes.shrink_to_fit();
+                    }
                 }
-                drop(nodes);
                 trim_heap();
             }
         }
