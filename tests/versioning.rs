@@ -733,3 +733,53 @@ fn a_mount_inside_the_project_is_versioned_by_copy() {
     assert_same_tree(&before, &digest(&to));
     p.umount();
 }
+
+/// With the kernel caching names and attributes for an hour, a restore while mounted must tell
+/// it what changed, whatever the names' bytes: afterwards the mount shows the restored files
+/// (not the cached ones, which now live in the trash), and writes land in the restored file.
+#[test]
+fn a_restore_while_mounted_is_seen_at_once_even_for_names_that_are_not_utf8() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let p = Project::empty();
+    let d = p.dir();
+    let odd = d.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(d.join("src/main.rs"), b"v1\n").unwrap();
+    std::fs::write(&odd, b"odd v1\n").unwrap();
+    p.mount();
+    // Through the mount, so that the kernel caches both entries and their attributes.
+    assert_eq!(std::fs::read(d.join("src/main.rs")).unwrap(), b"v1\n");
+    assert_eq!(std::fs::read(&odd).unwrap(), b"odd v1\n");
+    tick();
+    let t1 = now_rfc3339();
+    tick();
+    std::fs::write(d.join("src/main.rs"), b"version two, longer\n").unwrap();
+    std::fs::write(&odd, b"odd v2\n").unwrap();
+    std::fs::remove_dir_all(d.join("src")).unwrap();
+    std::fs::create_dir(d.join("src")).unwrap();
+    std::fs::write(d.join("src/main.rs"), b"v3\n").unwrap();
+    assert_eq!(std::fs::metadata(d.join("src/main.rs")).unwrap().len(), 3);
+
+    let o = p.run(&["restore", &t1]);
+    assert_ok(&o);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    // Seen at once through the mount: contents, sizes, listings.
+    assert_eq!(std::fs::read(d.join("src/main.rs")).unwrap(), b"v1\n");
+    assert_eq!(std::fs::metadata(d.join("src/main.rs")).unwrap().len(), 3);
+    assert_eq!(std::fs::read(&odd).unwrap(), b"odd v1\n");
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .filter(|n| n != b".saferoot")
+        .collect();
+    names.sort();
+    assert_eq!(names, [b"caf\xe9.txt".to_vec(), b"src".to_vec()]);
+    // A write after the restore changes the restored file, not a cached one in the trash.
+    std::fs::write(&odd, b"odd v4\n").unwrap();
+    p.umount();
+    assert_eq!(std::fs::read(&odd).unwrap(), b"odd v4\n");
+    assert_eq!(std::fs::read(d.join("src/main.rs")).unwrap(), b"v1\n");
+}
