@@ -13,24 +13,10 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 fn run_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance.py");
-    let o = Command::new("python3")
-        .arg(script)
-        .arg(dir)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "conformance.py failed in {}: {}",
-        dir.display(),
-        stderr(&o)
-    );
-    stdout(&o)
+    python(&[script.as_os_str(), dir.as_os_str()], dir)
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("one JSON line per case");
@@ -106,16 +92,7 @@ fn the_documented_differences_are_exactly_these() {
     if !fuse_available() {
         return;
     }
-    let run = |dir: &Path| {
-        let o = Command::new("python3")
-            .args(["-c", KNOWN])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("python3");
-        assert_ok(&o);
-        stdout(&o)
-    };
+    let run = |dir: &Path| python(&["-c".as_ref(), KNOWN.as_ref()], dir);
     let native = Project::empty();
     assert_eq!(run(native.dir()), "ok\nok\nx\n");
     let p = Project::empty();

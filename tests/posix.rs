@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
 
 const SCRIPT: &str = r#"
 import ctypes, errno, os, stat, struct
@@ -106,20 +105,7 @@ for line in out:
 "#;
 
 fn run_script(dir: &std::path::Path) -> String {
-    let o = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .current_dir(dir)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "script failed in {}: {}",
-        dir.display(),
-        stderr(&o)
-    );
-    stdout(&o)
+    python(&["-c".as_ref(), SCRIPT.as_ref()], dir)
 }
 
 #[test]

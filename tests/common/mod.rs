@@ -271,3 +271,23 @@ pub fn now_rfc3339() -> String {
         .format("%Y-%m-%dT%H:%M:%S%.9fZ")
         .to_string()
 }
+
+/// Run `python3 ARGS…` in `dir` (no bytecode written) and return its stdout; fail the test,
+/// with its stderr, if it fails.
+pub fn python(args: &[&std::ffi::OsStr], dir: &Path) -> String {
+    let o = Command::new("python3")
+        .args(args)
+        .current_dir(dir)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "python3 {:?} failed in {}: {}",
+        args.first(),
+        dir.display(),
+        stderr(&o)
+    );
+    stdout(&o)
+}
