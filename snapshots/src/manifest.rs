@@ -559,22 +559,11 @@ fn hash_file(fd: BorrowedFd<'_>, buf: &mut [u8]) -> (Outcome, u64) {
         }
         let started = crate::now_ns();
         let mut h = blake3::Hasher::new();
-        let mut off: i64 = 0;
-        let ok = loop {
-            match nix::sys::uio::pread(fd, buf, off) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    h.update(&buf[..n]);
-                    off += n as i64;
-                }
-                Err(Errno::EINTR) => continue,
-                Err(_) => break false,
-            }
-        };
-        read += off as u64;
-        if !ok {
+        let Ok(n) = crate::store::hash_into(fd, &mut h, buf) else {
             break;
-        }
+        };
+        let off = n as i64;
+        read += n;
         let Ok(after) = nix::sys::stat::fstat(fd) else {
             break;
         };
