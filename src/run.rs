@@ -206,8 +206,22 @@ fn record_run_start(dir: &Path, cmd: &[OsString]) -> Result<i64> {
 }
 
 fn command_line(cmd: &[OsString]) -> String {
-    let line: Vec<_> = cmd.iter().map(|a| a.to_string_lossy()).collect();
+    let line: Vec<String> = cmd
+        .iter()
+        .map(|a| shell_word(&a.to_string_lossy()))
+        .collect();
     line.join(" ")
+}
+
+/// `w` as a POSIX shell would need it typed: as is when it holds only safe characters, else in
+/// single quotes (so `sh -c 'rm -rf src; ls'` is shown as the command it was).
+fn shell_word(w: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+    if !w.is_empty() && w.chars().all(safe) {
+        w.to_owned()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
 }
 
 /// The home directory of whoever runs saferoot: `$HOME`, else the account's, else `/`.
@@ -1124,5 +1138,22 @@ mod tests {
         assert!(!merged);
         assert_eq!(lines.len(), 2);
         assert_eq!(summary_groups(&few[3..], None).0, grouped(&few[3..], None));
+    }
+}
+
+#[cfg(test)]
+mod shell_word_tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_shown_as_a_shell_would_need_them() {
+        let cmd: Vec<OsString> = ["sh", "-c", "rm -rf src; echo 'done'", "", "a=b"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(
+            command_line(&cmd),
+            r#"sh -c 'rm -rf src; echo '\''done'\''' '' a=b"#
+        );
     }
 }
