@@ -227,7 +227,18 @@ pub fn main() -> i32 {
                 .collect();
             let first = first.join(" ");
             let first = first.strip_prefix("error: ").unwrap_or(&first);
-            eprintln!("saferoot: {first} (see `saferoot --help`)");
+            // Point at the help of the subcommand that was meant, where its arguments are.
+            let sub = std::env::args().skip(1).find(|a| {
+                !a.starts_with('-')
+                    && <Cli as clap::CommandFactory>::command()
+                        .find_subcommand(a)
+                        .is_some()
+            });
+            let help = match sub {
+                Some(s) => format!("saferoot {s} --help"),
+                None => "saferoot --help".to_owned(),
+            };
+            eprintln!("saferoot: {first} (see `{help}`)");
             return 2;
         }
     };
