@@ -288,18 +288,8 @@ const INVALIDATE_CHUNK: usize = 1000;
 /// that the mount does not show what it cached of them. An error means the mount may show
 /// stale names or attributes until they expire (the entry TTL) or it is mounted again.
 pub fn invalidate(dir: &Path, paths: &[PathBuf]) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     for chunk in paths.chunks(INVALIDATE_CHUNK) {
-        let hex = chunk
-            .iter()
-            .map(|p| {
-                p.as_os_str()
-                    .as_bytes()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
-            .collect();
+        let hex = chunk.iter().map(|p| path_to_hex(p)).collect();
         match call(dir, &Request::Invalidate { paths: hex })? {
             Some((rep, _)) if !rep.ok => anyhow::bail!(
                 "the daemon refused to invalidate its cache: {}",
@@ -311,7 +301,17 @@ pub fn invalidate(dir: &Path, paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// The inverse of the encoding [`invalidate`] uses; `None` for text that is not even-length hex.
+/// A path as the hex of its bytes (how [`invalidate`] sends paths that need not be UTF-8).
+pub fn path_to_hex(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The inverse of [`path_to_hex`]; `None` for text that is not even-length hex.
 pub fn path_from_hex(h: &str) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStringExt;
     if h.len() % 2 != 0 {
@@ -332,12 +332,8 @@ mod invalidate_tests {
     #[test]
     fn paths_survive_the_hex_encoding_whatever_their_bytes() {
         let p = PathBuf::from(std::ffi::OsStr::from_bytes(b"caf\xe9/new\nline \xff.txt"));
-        let hex: String = p
-            .as_os_str()
-            .as_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = path_to_hex(&p);
+        assert_eq!(hex, "636166e92f6e65770a6c696e6520ff2e747874");
         assert_eq!(path_from_hex(&hex), Some(p));
         assert_eq!(path_from_hex("6"), None);
         assert_eq!(path_from_hex("zz"), None);

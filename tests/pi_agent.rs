@@ -139,16 +139,6 @@ fn wait_bounded(mut child: Child, limit: Duration) -> std::process::Output {
     child.wait_with_output().expect("output")
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git");
-    assert_ok(&o);
-}
-
 #[test]
 fn pi_deletes_and_edits_under_the_sandbox_and_restore_at_start_undoes_it() {
     if !fuse_available() {
@@ -169,18 +159,7 @@ fn pi_deletes_and_edits_under_the_sandbox_and_restore_at_start_undoes_it() {
     .unwrap();
     git(d, &["init", "-q"]);
     git(d, &["add", "README.md", "src/lib.rs"]);
-    git(
-        d,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.invalid",
-            "commit",
-            "-qm",
-            "init",
-        ],
-    );
+    git(d, &["commit", "-qm", "init"]);
     std::fs::create_dir_all(d.join("notes")).unwrap();
     std::fs::write(d.join("notes/todo.txt"), b"buy milk\n").unwrap();
     std::fs::create_dir_all(d.join("scratch/deep")).unwrap();

@@ -27,26 +27,9 @@ impl Fixture {
         std::fs::create_dir_all(d.join("src")).unwrap();
         std::fs::write(d.join("src/lib.rs"), b"pub fn f() {}\n").unwrap();
         std::fs::write(d.join(".env"), b"TOKEN=abc\n").unwrap();
-        let git = |args: &[&str]| {
-            let o = Command::new("git")
-                .args(args)
-                .current_dir(d)
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .output()
-                .unwrap();
-            assert_ok(&o);
-        };
-        git(&["init", "-q"]);
-        git(&["add", "keep.txt", "src"]);
-        git(&[
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "user.name=t",
-            "commit",
-            "-qm",
-            "init",
-        ]);
+        git(d, &["init", "-q"]);
+        git(d, &["add", "keep.txt", "src"]);
+        git(d, &["commit", "-qm", "init"]);
         let home = tempfile::Builder::new()
             .prefix("saferoot-home.")
             .tempdir()

@@ -7,17 +7,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("git");
-    assert_ok(&o);
-}
-
 /// A small git repository: tracked files (one with an uncommitted edit), an untracked file,
 /// and a git-ignored `.env`.
 fn repo() -> Project {

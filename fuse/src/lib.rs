@@ -142,15 +142,19 @@ const PREIMAGE_READ: OFlag = OFlag::O_RDONLY
 /// Passthrough registrations kept for files no handle has open (see `Shared::idle_backing`).
 const IDLE_BACKING_MAX: usize = 4096;
 
-/// Open `name` in `dir` to copy its bytes into the store ([`PREIMAGE_READ`]; without
-/// O_NOATIME where that is not permitted).
-fn open_for_preimage(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
-    let open =
-        |flags: OFlag| nix::fcntl::openat(dir, name, flags | OFlag::O_CLOEXEC, Mode::empty());
+/// Open a file to copy its bytes into the store: `open` called with [`PREIMAGE_READ`], and
+/// again without O_NOATIME if that is not permitted (it needs ownership or CAP_FOWNER, which
+/// a daemon without full root lacks).
+fn preimage_open<T>(open: impl Fn(OFlag) -> nix::Result<T>) -> nix::Result<T> {
     match open(PREIMAGE_READ) {
         Err(NixErrno::EPERM) => open(PREIMAGE_READ - OFlag::O_NOATIME),
         r => r,
     }
+}
+
+/// Open `name` in `dir` to copy its bytes into the store (see [`preimage_open`]).
+fn open_for_preimage(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
+    preimage_open(|flags| nix::fcntl::openat(dir, name, flags | OFlag::O_CLOEXEC, Mode::empty()))
 }
 
 fn store_errno(e: &saferoot_snapshots::Error) -> Errno {
@@ -375,12 +379,7 @@ impl Shared {
 
     /// Keep the current bytes of the regular file `node` in the object store.
     fn preimage_node(&self, node: &Node) -> Result<(String, FileStat), Errno> {
-        let fd = match self.table.open(node, PREIMAGE_READ) {
-            // O_NOATIME needs ownership or CAP_FOWNER, which a daemon without full root lacks.
-            Err(NixErrno::EPERM) => self.table.open(node, PREIMAGE_READ - OFlag::O_NOATIME),
-            r => r,
-        }
-        .map_err(errno)?;
+        let fd = preimage_open(|flags| self.table.open(node, flags)).map_err(errno)?;
         let st = nix::sys::stat::fstat(fd.fd()).map_err(errno)?;
         let h = self
             .store

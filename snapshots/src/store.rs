@@ -670,23 +670,28 @@ pub fn hash_into(
                 Err(Errno::ENXIO) => return Ok(off as u64), // shrank meanwhile
                 Err(e) => return Err(e),
             };
-            while off < hole {
-                let want = ((hole - off) as usize).min(buf.len());
-                match nix::sys::uio::pread(fd, &mut buf[..want], off) {
-                    Ok(0) => return Ok(off as u64),
-                    Ok(n) => {
-                        h.update(&buf[..n]);
-                        off += n as i64;
-                    }
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(e),
-                }
+            let end = hash_read(fd, h, buf, off, hole)?;
+            if end < hole {
+                return Ok(end as u64); // shrank meanwhile
             }
+            off = hole;
         }
     }
-    loop {
-        match nix::sys::uio::pread(fd, buf, off) {
-            Ok(0) => return Ok(off as u64),
+    hash_read(fd, h, buf, off, i64::MAX).map(|end| end as u64)
+}
+
+/// Read `fd` from `off` up to `end` (or its end of file) into `h`; returns where it stopped.
+fn hash_read(
+    fd: BorrowedFd<'_>,
+    h: &mut blake3::Hasher,
+    buf: &mut [u8],
+    mut off: i64,
+    end: i64,
+) -> std::result::Result<i64, Errno> {
+    while off < end {
+        let want = usize::try_from(end - off).map_or(buf.len(), |n| n.min(buf.len()));
+        match nix::sys::uio::pread(fd, &mut buf[..want], off) {
+            Ok(0) => break,
             Ok(n) => {
                 h.update(&buf[..n]);
                 off += n as i64;
@@ -695,6 +700,7 @@ pub fn hash_into(
             Err(e) => return Err(e),
         }
     }
+    Ok(off)
 }
 
 /// `n` zero bytes into `h`.

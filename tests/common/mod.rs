@@ -291,3 +291,17 @@ pub fn python(args: &[&std::ffi::OsStr], dir: &Path) -> String {
     );
     stdout(&o)
 }
+
+/// `git ARGS…` in `dir` with a fixed identity and no global configuration; fails the test if
+/// git fails.
+pub fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("git");
+    assert_ok(&o);
+}
