@@ -274,7 +274,7 @@ fn log_shows_the_history_of_a_path_since_a_time() {
     let since = now_rfc3339();
     tick();
     assert_ok(&p.sh(
-        "echo 2 >> notes/a.md && mv notes/a.md notes/b.md && rm other.txt && mv notes/b.md moved.md",
+        "echo 2 > notes/a.md && mv notes/a.md notes/b.md && rm other.txt && mv notes/b.md moved.md",
     ));
 
     let o = p.run(&["log", "--json", "--since", &since, "notes"]);

@@ -345,7 +345,8 @@ impl Drop for Tmpfs {
 }
 
 /// When the store cannot keep the bytes (disk full), the overwrite fails with ENOSPC and the
-/// file is left as it was; deleting still works (a rename needs no space) and is undoable.
+/// file is left as it was; appending and deleting still work (they need no copy) and are
+/// undoable.
 #[test]
 fn disk_full_refuses_the_overwrite_and_keeps_the_bytes() {
     if !fuse_available() {
@@ -380,7 +381,7 @@ fn disk_full_refuses_the_overwrite_and_keeps_the_bytes() {
             .output()
             .unwrap()
     };
-    for script in ["echo x > big", "truncate -s 0 big", "echo more >> big"] {
+    for script in ["echo x > big", "truncate -s 0 big"] {
         let o = sh(script);
         assert!(
             !o.status.success(),
@@ -396,6 +397,11 @@ fn disk_full_refuses_the_overwrite_and_keeps_the_bytes() {
             "`{script}` changed the file"
         );
     }
+    // An append destroys no byte, so it needs no room in the store: it works.
+    assert_ok(&sh("echo more >> big"));
+    let mut big = big;
+    big.extend_from_slice(b"more\n");
+    assert!(std::fs::read(dir.join("big")).unwrap() == big);
     tick();
     let t0 = now_rfc3339();
     tick();
@@ -771,4 +777,187 @@ fn a_restore_while_mounted_is_seen_at_once_even_for_names_that_are_not_utf8() {
     p.umount();
     assert_eq!(std::fs::read(&odd).unwrap(), b"odd v4\n");
     assert_eq!(std::fs::read(d.join("src/main.rs")).unwrap(), b"v1\n");
+}
+
+/// Appending (`>>`, `open(..., 'a')`) keeps nothing, since it destroys no byte: the journal
+/// holds the old size, and the content before is a prefix of the content after. Whatever in
+/// such a session could change the old bytes after all (a write below the old end once
+/// `O_APPEND` is cleared, a truncate, a second writer opening the file) keeps the pre-image
+/// first. Restoring to every instant in between gives the bytes of that instant.
+#[test]
+fn appends_keep_no_copy_and_every_instant_restores_exactly() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let old: Vec<u8> = (0..2000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    std::fs::write(p.dir().join("log"), &old).unwrap();
+    p.mount();
+    // Each checkpoint prints the instant and the file's content at it.
+    let script = r#"
+import os, fcntl, subprocess, time, datetime
+def now():
+    t = time.time_ns()
+    return datetime.datetime.fromtimestamp(t // 10**9, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S') + '.%09dZ' % (t % 10**9)
+def mark(content=None):
+    time.sleep(0.02)
+    if content is None:
+        content = open('log', 'rb').read()
+    print(now(), content.hex(), flush=True)
+    time.sleep(0.02)
+mark()                                                    # 0: before anything
+subprocess.run(['sh', '-c', 'echo one >> log'], check=True)
+mark()                                                    # 1
+subprocess.run(['sh', '-c', 'echo two >> log; printf three >> log'], check=True)
+mark()                                                    # 2
+fd = os.open('log', os.O_WRONLY | os.O_APPEND)
+os.write(fd, b'four\n')
+fcntl.fcntl(fd, fcntl.F_SETFL, 0)
+os.pwrite(fd, b'XX', 0)                                   # below the old end: kept first
+os.close(fd)
+mark()                                                    # 3
+fd = os.open('log', os.O_WRONLY | os.O_APPEND)
+os.write(fd, b'five')
+os.ftruncate(fd, 7)                                       # a truncate: kept first
+os.close(fd)
+mark()                                                    # 4
+before = open('log', 'rb').read()
+fd = os.open('log', os.O_WRONLY | os.O_APPEND)
+os.write(fd, b'six\n')
+mark(before)                                              # 5: in the session: as before it
+rw = os.open('log', os.O_RDWR)                            # a second writer: kept first
+os.pwrite(rw, b'YY', 1)
+os.close(rw)
+os.write(fd, b'seven\n')
+os.close(fd)
+mark()                                                    # 6
+"#;
+    let out = python(&["-c".as_ref(), script.as_ref()], p.dir());
+    let marks: Vec<(String, Vec<u8>)> = out
+        .lines()
+        .map(|l| {
+            let (t, hex) = l.split_once(' ').expect("instant and content");
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            (t.to_owned(), bytes)
+        })
+        .collect();
+    assert_eq!(marks.len(), 7, "{out}");
+    assert_eq!(marks[0].1, old);
+    assert_eq!(marks[2].1.len(), old.len() + 13, "appends went to the end");
+    assert!(marks[3].1.starts_with(b"XXne 0"));
+    assert_eq!(marks[4].1, b"XXne 0\n");
+
+    // The plain appends kept nothing; the three sessions that could change old bytes each
+    // kept one pre-image, journaled before the change.
+    let ops: Vec<(String, bool)> = p
+        .log_json()
+        .into_iter()
+        .filter(|r| r["path"] == "log" && (r["op"] == "append" || r["op"] == "write"))
+        .map(|r| (r["op"].as_str().unwrap().to_owned(), r["object"].is_string()))
+        .collect();
+    let append = |o: &str| (o.to_owned(), o == "write");
+    let want: Vec<(String, bool)> = [
+        "append", "append", "append", "append", "write", "append", "write", "append", "write",
+    ]
+    .into_iter()
+    .map(append)
+    .collect();
+    assert_eq!(ops, want);
+
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    for (i, (t, want)) in marks.iter().enumerate() {
+        let to = dest.path().join(i.to_string());
+        assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), t]));
+        let got = std::fs::read(to.join("log")).unwrap();
+        assert!(&got == want, "checkpoint {i} ({t}): {} bytes, want {}", got.len(), want.len());
+        // And the diff from that instant to now agrees on whether the file changed.
+        let o = p.run(&["diff", t]);
+        assert_ok(&o);
+        assert_eq!(stdout(&o).contains("M log"), i < 6, "diff from {i}: {}", stdout(&o));
+    }
+    // In place, newest first, then back to the start.
+    for (t, want) in marks.iter().rev() {
+        assert_ok(&p.run(&["restore", t]));
+        assert!(&std::fs::read(p.dir().join("log")).unwrap() == want, "in place at {t}");
+    }
+    p.umount();
+    assert_eq!(std::fs::read(p.dir().join("log")).unwrap(), old);
+}
+
+/// The kernel serves a file's handles either all through passthrough or not at all: an
+/// append-only open while a reader has the file open keeps the old bytes at once (and is a
+/// passthrough handle too); readers opened while such an appender is open are served by the
+/// daemon; every read sees every byte written, in every order of opens and closes.
+#[test]
+fn appenders_and_readers_of_one_file_mix_in_any_order() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::write(p.dir().join("a"), b"0\n").unwrap();
+    std::fs::write(p.dir().join("b"), b"0\n").unwrap();
+    p.mount();
+    let script = r#"
+import mmap, os
+def read(fd):
+    return os.pread(fd, 1 << 16, 0)
+# a: a reader first, then an appender (kept at once), then more readers.
+r1 = os.open('a', os.O_RDONLY)
+assert read(r1) == b'0\n'
+w = os.open('a', os.O_WRONLY | os.O_APPEND)
+os.write(w, b'1\n')
+r2 = os.open('a', os.O_RDONLY)
+assert read(r1) == read(r2) == b'0\n1\n', (read(r1), read(r2))
+for fd in (w, r1, r2):
+    os.close(fd)
+# b: an appender first (nothing kept), then readers beside it, one mapping the file.
+w = os.open('b', os.O_WRONLY | os.O_APPEND)
+os.write(w, b'1\n')
+r1 = os.open('b', os.O_RDONLY)
+assert read(r1) == b'0\n1\n', read(r1)
+for flags in (mmap.MAP_PRIVATE, mmap.MAP_SHARED):
+    m = mmap.mmap(r1, 0, flags=flags, prot=mmap.PROT_READ)
+    assert m[:] == b'0\n1\n'
+    m.close()
+os.write(w, b'2\n')
+assert read(r1) == b'0\n1\n2\n', read(r1)
+os.close(w)
+r2 = os.open('b', os.O_RDONLY)                  # still beside r1, served the same way
+w = os.open('b', os.O_WRONLY | os.O_APPEND)     # a second session while they read
+os.write(w, b'3\n')
+os.close(w)
+assert read(r1) == read(r2) == b'0\n1\n2\n3\n', (read(r1), read(r2))
+os.close(r1); os.close(r2)
+r3 = os.open('b', os.O_RDONLY)                  # all closed: passthrough again
+assert read(r3) == b'0\n1\n2\n3\n'
+os.close(r3)
+with open('b', 'r+b') as f:                      # and an ordinary writer after all that
+    f.write(b'X')
+print(open('a', 'rb').read().hex(), open('b', 'rb').read().hex())
+"#;
+    let out = python(&["-c".as_ref(), script.as_ref()], p.dir());
+    assert_eq!(
+        out.trim(),
+        format!("{} {}", hex(b"0\n1\n"), hex(b"X\n1\n2\n3\n"))
+    );
+    // a's appender kept the old bytes at once (a reader had the file open); b's sessions
+    // kept nothing until the ordinary writer.
+    let ops: Vec<String> = p
+        .log_json()
+        .into_iter()
+        .filter(|r| r["op"] == "append" || r["op"] == "write")
+        .map(|r| format!("{} {}", r["op"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ops, ["write a", "append b", "append b", "write b"]);
+    p.umount();
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

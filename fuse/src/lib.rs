@@ -79,6 +79,8 @@ struct OpenFile {
     writer_of: Option<Arc<Node>>,
     /// The end of the write session was journaled through this handle.
     close_journaled: std::sync::atomic::AtomicBool,
+    /// The node in whose `direct` handles this one is counted (served with direct I/O).
+    direct_of: Mutex<Option<Arc<Node>>>,
 }
 
 impl OpenFile {
@@ -88,8 +90,30 @@ impl OpenFile {
             backing_of: Mutex::new(None),
             writer_of,
             close_journaled: std::sync::atomic::AtomicBool::new(false),
+            direct_of: Mutex::new(None),
         })
     }
+}
+
+/// What the first writer of a write session keeps ([`Shared::begin_write`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Keep {
+    /// Nothing: a new file, or one in a scratch tree.
+    No,
+    /// The file's whole content, before the open returns.
+    Yes,
+    /// Nothing yet: the handle can only append (see [`saferoot_snapshots::Op::Append`]).
+    Append,
+}
+
+/// How the kernel does an open handle's reads and writes.
+enum Io<'n> {
+    /// On the backing file itself, with the registration held here (locked for the reply).
+    Passthrough(std::sync::MutexGuard<'n, Option<(fuser::BackingId, usize)>>),
+    /// Each one a request to this process, bypassing the page cache.
+    Direct,
+    /// Through the page cache, with requests to this process.
+    Cached,
 }
 
 struct DirHandle {
@@ -390,12 +414,18 @@ impl Shared {
 
     /// Count a new writer of `node`. The first writer of a versioned file keeps the file's
     /// bytes before anything can change them, and journals that; if they cannot be kept, the
-    /// open fails with the store's error.
-    fn begin_write(&self, req: &Request, node: &Arc<Node>, keep: bool) -> Result<(), Errno> {
+    /// open fails with the store's error. An append-only first writer ([`Keep::Append`]) keeps
+    /// nothing: it journals the file's size, and the bytes before it stay where they are until
+    /// something could change them ([`Shared::keep_session`]).
+    fn begin_write(&self, req: &Request, node: &Arc<Node>, keep: Keep) -> Result<(), Errno> {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-        let new_session = *w == 0 || node.session_closed.swap(false, Ordering::Relaxed);
-        if new_session && keep && node.fmt == libc::S_IFREG {
-            let (h, st) = self.preimage_node(node)?;
+        let new_session = w.n == 0 || node.session_closed.swap(false, Ordering::Relaxed);
+        if node.fmt != libc::S_IFREG || keep == Keep::No {
+            if new_session {
+                w.kept = true;
+            }
+        } else if new_session && keep == Keep::Append {
+            let st = self.stat_node(node)?;
             self.journal(
                 req,
                 Record {
@@ -404,12 +434,48 @@ impl Shared {
                     size: Some(st.st_size as u64),
                     ino: Some(st.st_ino),
                     links: (st.st_nlink > 1).then_some(st.st_nlink),
-                    object: Some(h),
-                    ..Record::new(now_ns(), Op::Write, self.node_rel(node), 0, "")
+                    ..Record::new(now_ns(), Op::Append, self.node_rel(node), 0, "")
                 },
             );
+            w.kept = false;
+            w.base = st.st_size as u64;
+        } else if keep == Keep::Yes && (new_session || !w.kept) {
+            self.keep_preimage(req, node)?;
+            w.kept = true;
         }
-        *w += 1;
+        w.n += 1;
+        Ok(())
+    }
+
+    /// Keep the pre-image of `node` and journal it as the start of its write session.
+    fn keep_preimage(&self, req: &Request, node: &Node) -> Result<(), Errno> {
+        let (h, st) = self.preimage_node(node)?;
+        self.journal(
+            req,
+            Record {
+                kind: Some(Kind::File),
+                mode: Some(st.st_mode),
+                size: Some(st.st_size as u64),
+                ino: Some(st.st_ino),
+                links: (st.st_nlink > 1).then_some(st.st_nlink),
+                object: Some(h),
+                ..Record::new(now_ns(), Op::Write, self.node_rel(node), 0, "")
+            },
+        );
+        Ok(())
+    }
+
+    /// Something is about to change bytes of `node` that an append-only write session left in
+    /// place (`below`: the lowest offset it touches; `None`: any, e.g. a size change). Keep
+    /// the pre-image first if the session has not kept it yet. Fails with the store's error,
+    /// and then the change must not happen.
+    fn keep_session(&self, req: &Request, node: &Node, below: Option<u64>) -> Result<(), Errno> {
+        let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let in_session = w.n > 0 && !node.session_closed.load(Ordering::Relaxed);
+        if in_session && !w.kept && below.is_none_or(|off| off < w.base) {
+            self.keep_preimage(req, node)?;
+            w.kept = true;
+        }
         Ok(())
     }
 
@@ -417,8 +483,8 @@ impl Shared {
     /// end of the write session.
     fn end_write(&self, req: &Request, node: &Node, file: &OpenFile) {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-        *w = w.saturating_sub(1);
-        if *w == 0 {
+        w.n = w.n.saturating_sub(1);
+        if w.n == 0 {
             node.session_closed.store(false, Ordering::Relaxed);
             if !file.close_journaled.swap(true, Ordering::Relaxed) {
                 self.journal_close(req, node);
@@ -432,7 +498,7 @@ impl Shared {
     /// descriptor are not seen as a new session (they belong to this one).
     fn flush_write(&self, req: &Request, node: &Node, file: &OpenFile) {
         let w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-        if *w == 1 && !file.close_journaled.swap(true, Ordering::Relaxed) {
+        if w.n == 1 && !file.close_journaled.swap(true, Ordering::Relaxed) {
             self.journal_close(req, node);
             node.session_closed.store(true, Ordering::Relaxed);
         }
@@ -622,7 +688,7 @@ impl Shared {
                 .and_then(|id| self.table.get(id).ok());
             let open_for_writing = node
                 .as_ref()
-                .is_some_and(|n| *n.writers.lock().unwrap_or_else(|p| p.into_inner()) > 0);
+                .is_some_and(|n| n.writers.lock().unwrap_or_else(|p| p.into_inner()).n > 0);
             if open_for_writing && fmt == libc::S_IFREG {
                 self.keep_copy(dir, name, rel, st, t, &mut rec)?;
             }
@@ -1238,30 +1304,59 @@ impl Shared {
             .ok_or(Errno::EBADF)
     }
 
-    /// Register (or reuse) the inode's passthrough backing id for an open handle.
-    /// `None`: serve this handle's reads and writes ourselves.
-    fn backing_for<'n>(
+    /// An append-only handle of `node` about to open: count it as a direct handle and return
+    /// true, unless passthrough handles have the inode open (then it must be one too, and its
+    /// session keeps the old bytes at once).
+    fn reserve_direct(&self, node: &Node) -> bool {
+        let b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
+        if b.as_ref().is_some_and(|(_, n)| *n > 0) {
+            return false;
+        }
+        node.direct.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// A handle of `node` counted as direct is gone.
+    fn release_direct(&self, node: &Node) {
+        let _b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
+        node.direct.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How the kernel is to do the reads and writes of a new handle of `node`: direct if it
+    /// was counted so ([`Shared::reserve_direct`]) or direct handles have the inode open;
+    /// else passthrough, registering (or reusing) the inode's backing id.
+    fn io_for<'n>(
         &self,
         node: &'n Arc<Node>,
         file: &OpenFile,
         register: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
-    ) -> Option<std::sync::MutexGuard<'n, Option<(fuser::BackingId, usize)>>> {
+    ) -> Io<'n> {
         if !self.passthrough.load(Ordering::Relaxed) || node.fmt != libc::S_IFREG {
-            return None;
+            return Io::Cached;
         }
         let mut b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut direct_of = file.direct_of.lock().unwrap_or_else(|p| p.into_inner());
+        if direct_of.is_some() {
+            return Io::Direct;
+        }
+        if node.direct.load(Ordering::Relaxed) > 0 {
+            node.direct.fetch_add(1, Ordering::Relaxed);
+            *direct_of = Some(node.clone());
+            return Io::Direct;
+        }
+        drop(direct_of);
         match b.as_mut() {
             Some((_, n)) => *n += 1,
             None => match register(&file.fd) {
                 Ok(id) => *b = Some((id, 1)),
                 Err(e) => {
                     warn!("passthrough refused ({e}); serving reads and writes directly");
-                    return None;
+                    return Io::Cached;
                 }
             },
         }
         *file.backing_of.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
-        Some(b)
+        Io::Passthrough(b)
     }
 
     /// Keep the passthrough registration of `node`, which no handle uses any more, for the
@@ -1406,7 +1501,10 @@ impl Filesystem for SaferootFs {
             // The kernel then handles POSIX ACLs like a local filesystem: it checks them and
             // drops its cached attributes when one is set, so a mode changed by an ACL is never
             // stale; setxattr journals that mode change.
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_POSIX_ACL
+            // A shared mapping of a handle served with direct I/O (one opened beside an
+            // append-only writer) then works, through the page cache, instead of ENODEV.
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         for f in wanted.iter() {
             let _ = config.add_capabilities(f);
         }
@@ -1492,11 +1590,15 @@ impl Filesystem for SaferootFs {
             // failure changes nothing), unless a write session is open (its first writer kept
             // the file when it opened it).
             let mut kept = None;
-            if let Some(sz) = size {
-                let w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-                let in_session = *w > 0 && !node.session_closed.load(Ordering::Relaxed);
-                if versioned && !in_session && sz as i64 != before.st_size {
+            if let Some(sz) = size.filter(|&sz| versioned && sz as i64 != before.st_size) {
+                let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+                let in_session = w.n > 0 && !node.session_closed.load(Ordering::Relaxed);
+                if !in_session {
                     kept = Some(s.preimage_node(&node)?.0);
+                } else if !w.kept && sz < w.base {
+                    // An append-only session left the old bytes in place: keep them now.
+                    s.keep_preimage(req, &node)?;
+                    w.kept = true;
                 }
             }
             if let Some(m) = mode {
@@ -1827,39 +1929,83 @@ impl Filesystem for SaferootFs {
             // O_TRUNC (sent only if the kernel does not truncate through setattr first) is
             // applied after the pre-image, never by the open itself.
             let trunc = flags.0 & libc::O_TRUNC != 0;
-            let raw = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
-            let fd = match s
-                .table
-                .open(&node, OFlag::from_bits_retain(raw))
-                .map_err(errno)?
-            {
-                Fd::Owned(fd) => fd,
-                Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
-            };
+            let mut raw = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
             let acc = raw & libc::O_ACCMODE;
             let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR || trunc;
             if writes && s.guard.active() {
                 s.refuse_protected(req, &s.node_rel(&node), "open for writing", false)?;
             }
-            let writer_of = if writes {
-                let keep =
-                    !s.is_scratch(&s.node_rel(&node), node.is_dir()) || s.has_other_links(&node);
-                s.begin_write(req, &node, keep)?;
-                Some(node.clone())
-            } else {
+            let keep = if !writes {
                 None
+            } else if s.is_scratch(&s.node_rel(&node), node.is_dir()) && !s.has_other_links(&node)
+            {
+                Some(Keep::No)
+            } else if acc == libc::O_WRONLY
+                && raw & libc::O_APPEND != 0
+                && !trunc
+                && node.fmt == libc::S_IFREG
+            {
+                // Opened only to append (`>>`): nothing needs keeping until something below
+                // the old end could change. Its writes come here (direct I/O), at the offsets
+                // the kernel gives (it puts O_APPEND writes at the end), so the backing
+                // descriptor is opened without O_APPEND: a write at a lower offset after the
+                // caller cleared O_APPEND with fcntl is seen, kept first, and done where asked.
+                // If passthrough handles have the file open, it must be one too: kept at once.
+                Some(Keep::Append)
+            } else {
+                Some(Keep::Yes)
             };
-            if trunc {
-                if let Err(e) = nix::unistd::ftruncate(fd.as_fd(), 0) {
-                    if let Some(n) = &writer_of {
-                        let mut w = n.writers.lock().unwrap_or_else(|p| p.into_inner());
-                        *w = w.saturating_sub(1);
-                    }
-                    return Err(errno(e));
+            let mut direct = false;
+            let keep = match keep {
+                Some(Keep::Append) if s.reserve_direct(&node) => {
+                    direct = true;
+                    raw &= !libc::O_APPEND;
+                    Some(Keep::Append)
                 }
-            }
+                Some(Keep::Append) => Some(Keep::Yes),
+                k => k,
+            };
+            let opened = (|| {
+                let fd = match s
+                    .table
+                    .open(&node, OFlag::from_bits_retain(raw))
+                    .map_err(errno)?
+                {
+                    Fd::Owned(fd) => fd,
+                    Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
+                };
+                let writer_of = match keep {
+                    Some(k) => {
+                        s.begin_write(req, &node, k)?;
+                        Some(node.clone())
+                    }
+                    None => None,
+                };
+                if trunc {
+                    if let Err(e) = nix::unistd::ftruncate(fd.as_fd(), 0) {
+                        if let Some(n) = &writer_of {
+                            let mut w = n.writers.lock().unwrap_or_else(|p| p.into_inner());
+                            w.n = w.n.saturating_sub(1);
+                        }
+                        return Err(errno(e));
+                    }
+                }
+                Ok((fd, writer_of))
+            })();
+            let (fd, writer_of) = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    if direct {
+                        s.release_direct(&node);
+                    }
+                    return Err(e);
+                }
+            };
             let fh = s.new_fh();
             let file = OpenFile::new(fd, writer_of);
+            if direct {
+                *file.direct_of.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+            }
             s.files
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1876,14 +2022,19 @@ impl Filesystem for SaferootFs {
                 } else {
                     FopenFlags::empty()
                 };
-                // Nothing else changes backing files while mounted: the page cache stays valid.
-                let flags = FopenFlags::FOPEN_KEEP_CACHE | noflush;
-                match s.backing_for(&node, &file, |fd| reply.open_backing(fd)) {
-                    Some(b) => match b.as_ref() {
+                match s.io_for(&node, &file, |fd| reply.open_backing(fd)) {
+                    Io::Passthrough(b) => match b.as_ref() {
                         Some((id, _)) => reply.opened_passthrough(FileHandle(fh), noflush, id),
-                        None => reply.opened(FileHandle(fh), flags),
+                        None => reply.error(Errno::EIO),
                     },
-                    None => reply.opened(FileHandle(fh), flags),
+                    Io::Direct => {
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | noflush)
+                    }
+                    // Nothing else changes backing files while mounted: the cache stays valid.
+                    Io::Cached => reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_KEEP_CACHE | noflush,
+                    ),
                 }
             }
             Err(e) => reply.error(e),
@@ -1929,7 +2080,7 @@ impl Filesystem for SaferootFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1942,6 +2093,9 @@ impl Filesystem for SaferootFs {
         let s = &self.shared;
         let r = (|| {
             let f = s.file(fh)?;
+            if let Some(node) = &f.writer_of {
+                s.keep_session(req, node, Some(offset))?;
+            }
             let mut done = 0;
             while done < data.len() {
                 let n = nix::sys::uio::pwrite(
@@ -2006,6 +2160,10 @@ impl Filesystem for SaferootFs {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
         if let Some(f) = file.as_ref() {
+            let direct_of = f.direct_of.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(n) = direct_of {
+                self.shared.release_direct(&n);
+            }
             if let Some(w) = f.writer_of.as_ref() {
                 self.shared.end_write(req, w, f);
                 // Writes through a shared mapping of a passthrough file change the real file's
@@ -2426,7 +2584,7 @@ impl Filesystem for SaferootFs {
             }
             // A new file has no earlier bytes: its creator writes without a pre-image.
             let writer_of = if flags & libc::O_ACCMODE != libc::O_RDONLY {
-                s.begin_write(req, &node, false)?;
+                s.begin_write(req, &node, Keep::No)?;
                 Some(node.clone())
             } else {
                 None
@@ -2441,21 +2599,17 @@ impl Filesystem for SaferootFs {
         })();
         match r {
             Ok((node, file, a, fh)) => {
-                let flags = FopenFlags::FOPEN_KEEP_CACHE;
                 let ttl = s.opts.ttl;
-                match s.backing_for(&node, &file, |fd| reply.open_backing(fd)) {
-                    Some(b) => match b.as_ref() {
-                        Some((id, _)) => reply.created_passthrough(
-                            &ttl,
-                            &a,
-                            Generation(0),
-                            FileHandle(fh),
-                            FopenFlags::empty(),
-                            id,
-                        ),
-                        None => reply.created(&ttl, &a, Generation(0), FileHandle(fh), flags),
+                let (g, f) = (Generation(0), FileHandle(fh));
+                match s.io_for(&node, &file, |fd| reply.open_backing(fd)) {
+                    Io::Passthrough(b) => match b.as_ref() {
+                        Some((id, _)) => {
+                            reply.created_passthrough(&ttl, &a, g, f, FopenFlags::empty(), id)
+                        }
+                        None => reply.error(Errno::EIO),
                     },
-                    None => reply.created(&ttl, &a, Generation(0), FileHandle(fh), flags),
+                    Io::Direct => reply.created(&ttl, &a, g, f, FopenFlags::FOPEN_DIRECT_IO),
+                    Io::Cached => reply.created(&ttl, &a, g, f, FopenFlags::FOPEN_KEEP_CACHE),
                 }
             }
             Err(e) => reply.error(e),
@@ -2464,7 +2618,7 @@ impl Filesystem for SaferootFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -2473,6 +2627,12 @@ impl Filesystem for SaferootFs {
         reply: ReplyEmpty,
     ) {
         let r = self.shared.file(fh).and_then(|f| {
+            // Only reserving space (with or without changing the size) leaves bytes alone.
+            if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+                if let Some(node) = &f.writer_of {
+                    self.shared.keep_session(req, node, Some(offset))?;
+                }
+            }
             // SAFETY: plain syscall on a valid descriptor.
             let r =
                 unsafe { libc::fallocate(f.fd.as_raw_fd(), mode, offset as i64, length as i64) };
@@ -2511,7 +2671,7 @@ impl Filesystem for SaferootFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -2526,6 +2686,9 @@ impl Filesystem for SaferootFs {
         let r = (|| {
             let a = s.file(fh_in)?;
             let b = s.file(fh_out)?;
+            if let Some(node) = &b.writer_of {
+                s.keep_session(req, node, Some(offset_out))?;
+            }
             let mut oi = offset_in as i64;
             let mut oo = offset_out as i64;
             // SAFETY: valid descriptors and offset pointers.

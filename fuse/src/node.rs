@@ -56,6 +56,12 @@ pub struct Node {
     /// Kernel passthrough registration shared by every open handle of this inode, with the
     /// number of handles using it (the kernel wants one backing id per inode).
     pub backing: Mutex<Option<(fuser::BackingId, usize)>>,
+    /// Open handles served with direct I/O instead of passthrough: an append-only writer
+    /// whose old bytes are not kept yet, and every handle opened while one is. The kernel
+    /// refuses a handle that is not passthrough once one that is has the inode open, so
+    /// the two never mix: changed only under the `backing` lock, and never above 0 while
+    /// passthrough handles are counted there.
+    pub direct: std::sync::atomic::AtomicUsize,
     /// Known to have no `security.capability` xattr. The kernel asks for it before every
     /// write; answering from here saves reopening the inode each time. Only this daemon can
     /// add one (through setxattr, which clears this).
@@ -65,9 +71,24 @@ pub struct Node {
     /// session and must keep a pre-image even though `writers` is not 0. Changed under the
     /// `writers` lock.
     pub session_closed: AtomicBool,
-    /// Open handles that may write. The first one keeps a pre-image; the lock is held while it
-    /// is taken, so no second writer can change the file before the bytes are safe.
-    pub writers: Mutex<usize>,
+    /// Open handles that may write, and whether their session's old bytes are safe. The first
+    /// one keeps a pre-image; the lock is held while it is taken, so no second writer can change
+    /// the file before the bytes are safe.
+    pub writers: Mutex<Writers>,
+}
+
+/// The write session of a node: see [`Node::writers`].
+#[derive(Default, Debug)]
+pub struct Writers {
+    /// Open handles that may write.
+    pub n: usize,
+    /// The session's old bytes are kept, or need no keeping (a new file, a scratch file).
+    /// False only in an append-only session that has not kept them yet: its writers can only
+    /// add bytes at or after `base`, and anything else (a write below `base`, a truncate, a
+    /// hole punched, another writer joining) keeps the pre-image first.
+    pub kept: bool,
+    /// The file's size when an append-only session began.
+    pub base: u64,
 }
 
 impl Node {
@@ -132,7 +153,8 @@ impl Table {
                 name: Mutex::new((ROOT_ID, OsString::new())),
                 diverted: AtomicBool::new(false),
                 backing: Mutex::new(None),
-                writers: Mutex::new(0),
+                direct: std::sync::atomic::AtomicUsize::new(0),
+                writers: Mutex::new(Writers::default()),
                 no_caps: AtomicBool::new(false),
                 session_closed: AtomicBool::new(false),
             }),
@@ -271,7 +293,8 @@ impl Table {
             name: Mutex::new((parent, name.to_owned())),
             diverted: AtomicBool::new(false),
             backing: Mutex::new(None),
-            writers: Mutex::new(0),
+            direct: std::sync::atomic::AtomicUsize::new(0),
+            writers: Mutex::new(Writers::default()),
             no_caps: AtomicBool::new(false),
             session_closed: AtomicBool::new(false),
         });

@@ -64,6 +64,13 @@ pub enum Op {
     /// (the pre-image). Everything that changes bytes in place (writes, appends, mmap, fallocate
     /// punch/collapse, copy_file_range) needs such a descriptor, so it is covered by this record.
     Write,
+    /// `path` was opened for appending only (`O_WRONLY|O_APPEND`, as `>>` does) and a write
+    /// session began without keeping anything: such a session can only add bytes, so the
+    /// content before it is the first `size` bytes of the content after it. If something in
+    /// the session could change those bytes after all (a write below `size` once `O_APPEND`
+    /// is cleared, a truncate, another writer), a `write` record with the pre-image comes
+    /// first.
+    Append,
     /// Marker: a restore to instant `target_t` started. The changes it made follow as ordinary
     /// records (`unlink` to trash for what it displaced, `create`/`mkdir`/`symlink` for what it
     /// put back), so a later restore can undo it like any other change.
@@ -95,6 +102,7 @@ impl Op {
             Op::Exchange => "exchange",
             Op::Setattr => "setattr",
             Op::Write => "write",
+            Op::Append => "append",
             Op::Restore => "restore",
             Op::Close => "close",
             Op::Run => "run",

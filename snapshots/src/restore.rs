@@ -833,7 +833,7 @@ fn write_sessions(records: &[Record]) -> Vec<(&Record, i64)> {
                 }
             }
             Op::Mount | Op::Umount => next_mount = r.t,
-            Op::Write if r.object.is_some() => {
+            Op::Write | Op::Append if r.object.is_some() || r.op == Op::Append => {
                 let close = r
                     .ino
                     .and_then(|ino| next_close.get(&ino).copied())
@@ -922,6 +922,28 @@ pub enum Source {
     Fresh,
     /// Something was here, but what is not kept. Says why.
     Unknown(String),
+    /// The first this many bytes of another source (a file before an append-only write
+    /// session: see [`Op::Append`]). Zeros if that source is shorter.
+    Prefix(Box<Source>, u64),
+}
+
+impl Source {
+    /// The first `n` bytes of this source.
+    fn prefix(self, n: u64) -> Source {
+        match self {
+            Source::Prefix(inner, m) => Source::Prefix(inner, m.min(n)),
+            Source::Fresh | Source::Unknown(_) => self,
+            other => Source::Prefix(Box::new(other), n),
+        }
+    }
+
+    /// How many bytes of the source are taken, if not all.
+    fn limit(&self) -> Option<u64> {
+        match self {
+            Source::Prefix(_, n) => Some(*n),
+            _ => None,
+        }
+    }
 }
 
 /// One entry of a past tree: its type and metadata, and where its bytes are.
@@ -1251,7 +1273,7 @@ impl Rollback<'_> {
                 put_subtree(&mut self.tree, &path, b);
                 put_subtree(&mut self.tree, &to, a);
             }
-            Op::Setattr | Op::Write => {
+            Op::Setattr | Op::Write | Op::Append => {
                 // A change to an inode shows under every name it has: apply the undo to
                 // every entry with the record's inode (hard links, and a name the record does
                 // not know), falling back to the record's path when the identity is unknown.
@@ -1296,8 +1318,19 @@ impl Rollback<'_> {
         v
     }
 
-    /// Undo a `write` or `setattr` record on the entry at `path`.
+    /// Undo a `write`, `append` or `setattr` record on the entry at `path`.
     fn undo_change_at(&mut self, path: &Path, r: &Record) -> Result<()> {
+        if r.op == Op::Append {
+            // Before an append-only session: the first `size` bytes of what it left.
+            if let (Some(n), Some(size)) = (self.tree.get_mut(path), r.size) {
+                if n.kind == Kind::File && !n.unknown() && n.written.is_none() {
+                    n.src = std::mem::replace(&mut n.src, Source::Fresh).prefix(size);
+                    n.size = size;
+                    n.mtime = None;
+                }
+            }
+            return Ok(());
+        }
         let content_changed = r.op == Op::Write || r.size.is_some();
         let object = match (&r.object, content_changed) {
             (Some(hex), true) => self.object_node(hex, 0)?,
@@ -1734,6 +1767,8 @@ impl<'a> Fs<'a> {
             }
             Source::Trash(tr) => in_store(self, tr),
             Source::Object(hex) => in_store(self, &object_rel(hex)),
+            // The whole source: the caller takes only the first bytes.
+            Source::Prefix(inner, _) => self.open_source(inner, for_path),
             Source::Fresh | Source::Unknown(_) => Err(Error::Invalid(format!(
                 "{}: no content to restore from",
                 for_path.display()
@@ -1750,6 +1785,10 @@ impl<'a> Fs<'a> {
             }
         }
         let fd = self.open_source(src, for_path)?;
+        if let Source::Prefix(_, n) = src {
+            return store::hash_prefix(fd.as_fd(), *n)
+                .map_err(|e| Error::io("hash", &self.shown(for_path), e));
+        }
         let st = nix::sys::stat::fstat(fd.as_fd())
             .map_err(|e| Error::io("stat", &self.shown(for_path), e))?;
         if let Source::Trash(tr) = src {
@@ -2106,6 +2145,9 @@ fn fill(
     privileged: bool,
 ) -> Result<()> {
     store::clone_or_copy(src, dst).map_err(|e| Error::io("copy into", shown, e))?;
+    if let Some(n) = w.src.limit() {
+        nix::unistd::ftruncate(dst, n as i64).map_err(|e| Error::io("truncate", shown, e))?;
+    }
     if privileged {
         if let Some((uid, gid)) = w.owner {
             nix::unistd::fchown(dst, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))

@@ -639,6 +639,17 @@ pub fn hash_fd(fd: BorrowedFd<'_>) -> std::result::Result<blake3::Hash, Errno> {
     Ok(h.finalize())
 }
 
+/// blake3 of the first `n` bytes of `fd`, as if it were zero-filled past its end (as
+/// `ftruncate` would extend it).
+pub fn hash_prefix(fd: BorrowedFd<'_>, n: u64) -> std::result::Result<blake3::Hash, Errno> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let end = i64::try_from(n).map_err(|_| Errno::EFBIG)?;
+    let got = hash_read(fd, &mut h, &mut buf, 0, end)?;
+    feed_zeros(&mut h, (end - got) as u64);
+    Ok(h.finalize())
+}
+
 /// Feed the bytes of the regular file `fd`, from offset 0 to its end, into `h`; returns how
 /// many. The holes of a sparse file (one with fewer blocks than its size, the test `cp` uses)
 /// are fed as zeros without being read: hashing a 10 GiB disk image that holds 100 MB of data
