@@ -699,6 +699,7 @@ fn log(dir: &Path, json: bool, since: Option<&str>, paths: &[PathBuf]) -> Result
                 "old_mode": r.old_mode.map(|m| format!("{:o}", m & 0o7777)),
                 "size": r.size,
                 "ino": r.ino,
+                "links": r.links,
                 "snapshot": r.snapshot,
             });
             writeln!(out, "{v}")?;

@@ -790,7 +790,9 @@ fn appends_keep_no_copy_and_every_instant_restores_exactly() {
         return;
     }
     let p = Project::empty();
-    let old: Vec<u8> = (0..2000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let old: Vec<u8> = (0..2000)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
     std::fs::write(p.dir().join("log"), &old).unwrap();
     p.mount();
     // Each checkpoint prints the instant and the file's content at it.
@@ -856,7 +858,12 @@ mark()                                                    # 6
         .log_json()
         .into_iter()
         .filter(|r| r["path"] == "log" && (r["op"] == "append" || r["op"] == "write"))
-        .map(|r| (r["op"].as_str().unwrap().to_owned(), r["object"].is_string()))
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap().to_owned(),
+                r["object"].is_string(),
+            )
+        })
         .collect();
     let append = |o: &str| (o.to_owned(), o == "write");
     let want: Vec<(String, bool)> = [
@@ -865,7 +872,11 @@ mark()                                                    # 6
     .into_iter()
     .map(append)
     .collect();
-    assert_eq!(ops, want);
+    // The last session opens right after a reader closed the file; the kernel releases that
+    // handle asynchronously, and while the daemon still counts it as open through passthrough
+    // the appender keeps the old bytes at once (one `write` record instead of two records).
+    let eager: Vec<(String, bool)> = want[..7].iter().cloned().chain([append("write")]).collect();
+    assert!(ops == want || ops == eager, "{ops:?}");
 
     let dest = tempfile::Builder::new()
         .prefix("saferoot-to.")
@@ -875,16 +886,29 @@ mark()                                                    # 6
         let to = dest.path().join(i.to_string());
         assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), t]));
         let got = std::fs::read(to.join("log")).unwrap();
-        assert!(&got == want, "checkpoint {i} ({t}): {} bytes, want {}", got.len(), want.len());
+        assert!(
+            &got == want,
+            "checkpoint {i} ({t}): {} bytes, want {}",
+            got.len(),
+            want.len()
+        );
         // And the diff from that instant to now agrees on whether the file changed.
         let o = p.run(&["diff", t]);
         assert_ok(&o);
-        assert_eq!(stdout(&o).contains("M log"), i < 6, "diff from {i}: {}", stdout(&o));
+        assert_eq!(
+            stdout(&o).contains("M log"),
+            i < 6,
+            "diff from {i}: {}",
+            stdout(&o)
+        );
     }
     // In place, newest first, then back to the start.
     for (t, want) in marks.iter().rev() {
         assert_ok(&p.run(&["restore", t]));
-        assert!(&std::fs::read(p.dir().join("log")).unwrap() == want, "in place at {t}");
+        assert!(
+            &std::fs::read(p.dir().join("log")).unwrap() == want,
+            "in place at {t}"
+        );
     }
     p.umount();
     assert_eq!(std::fs::read(p.dir().join("log")).unwrap(), old);
@@ -952,7 +976,13 @@ print(open('a', 'rb').read().hex(), open('b', 'rb').read().hex())
         .log_json()
         .into_iter()
         .filter(|r| r["op"] == "append" || r["op"] == "write")
-        .map(|r| format!("{} {}", r["op"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["op"].as_str().unwrap(),
+                r["path"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(ops, ["write a", "append b", "append b", "write b"]);
     p.umount();
@@ -960,4 +990,79 @@ print(open('a', 'rb').read().hex(), open('b', 'rb').read().hex())
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Removing one of two names of a file, while the other (made by `link` through the mount)
+/// still names it, copies nothing: git's `link(tmp, final); unlink(tmp)` for every object it
+/// writes no longer stores each object twice. The removed name comes back with the content
+/// the other name had at that instant, even after that one is overwritten or removed.
+#[test]
+fn unlinking_a_second_name_copies_nothing_and_restores_exactly() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir();
+    for i in 0..20 {
+        std::fs::write(
+            d.join(format!("f{i}.txt")),
+            format!("file {i}\n").repeat(50),
+        )
+        .unwrap();
+    }
+    std::fs::write(d.join("a"), b"the content of a\n").unwrap();
+    git(d, &["init", "-q", "."]);
+    p.mount();
+    let marks = |p: &Project| {
+        tick();
+        let t = now_rfc3339();
+        tick();
+        (t, digest(p.dir()))
+    };
+    let (t0, before) = marks(&p);
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "one"]);
+    let (t1, committed) = marks(&p);
+    // git wrote 21 blobs, a tree and a commit, each as a temporary name linked to its final
+    // name and then removed: none of them was copied into the store.
+    let unlinks: Vec<serde_json::Value> = p
+        .log_json()
+        .into_iter()
+        .filter(|r| r["op"] == "unlink" && r["path"].as_str().unwrap().contains("tmp_obj_"))
+        .collect();
+    assert!(unlinks.len() >= 23, "{} temporary objects", unlinks.len());
+    assert!(unlinks
+        .iter()
+        .all(|r| !r["object"].is_string() && r["links"] == 2));
+    // (git's lock files are removed while still open for writing: their bytes at that
+    // instant are kept too, as for any file open for writing.)
+    let copied: Vec<String> = p
+        .log_json()
+        .into_iter()
+        .filter(|r| r["object"].is_string())
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .filter(|p| p.starts_with(".git/objects/") && !p.ends_with(".lock"))
+        .collect();
+    assert!(copied.is_empty(), "copied into the store: {copied:?}");
+
+    // Plain ln and rm: the other name then changes and goes away.
+    assert_ok(&p.sh("ln a b && rm a"));
+    let (t2, linked) = marks(&p);
+    assert_ok(&p.sh("echo changed > b"));
+    let (t3, changed) = marks(&p);
+    assert_ok(&p.sh("ln b c && rm b && rm c"));
+    let (t4, gone) = marks(&p);
+    assert!(!d.join("a").exists() && !d.join("b").exists() && !d.join("c").exists());
+    for (t, want) in [
+        (&t3, &changed),
+        (&t2, &linked),
+        (&t1, &committed),
+        (&t0, &before),
+    ] {
+        assert_ok(&p.run(&["restore", t]));
+        assert_same_tree(want, &digest(d));
+    }
+    assert_ok(&p.run(&["restore", &t4]));
+    assert_same_tree(&gone, &digest(d));
+    p.umount();
 }

@@ -142,6 +142,10 @@ pub struct Shared {
     /// which is most of the cost of re-reading a tree: `grep -r`, builds, `git status`). At
     /// most [`IDLE_BACKING_MAX`] are kept; a forgotten inode drops its own.
     idle_backing: Mutex<std::collections::VecDeque<std::sync::Weak<Node>>>,
+    /// The two names of each file given a second name by `link` through the mount, by inode
+    /// (at most [`LINK_PEERS_MAX`]): when one of them is removed while the other still names
+    /// the same file, nothing needs copying (see [`Shared::unlink_second_name`]).
+    link_peers: Mutex<HashMap<u64, (PathBuf, PathBuf)>>,
     /// Tells the kernel to drop cached attributes the daemon knows are stale; set by the
     /// daemon once the session exists.
     notifier: std::sync::OnceLock<fuser::Notifier>,
@@ -162,6 +166,10 @@ fn errno(e: NixErrno) -> Errno {
 const PREIMAGE_READ: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_NOATIME);
+
+/// Pairs of names remembered in `Shared::link_peers`; beyond this, the oldest are forgotten
+/// (all at once: a removal then just copies, as before).
+const LINK_PEERS_MAX: usize = 65_536;
 
 /// Passthrough registrations kept for files no handle has open (see `Shared::idle_backing`).
 const IDLE_BACKING_MAX: usize = 4096;
@@ -233,6 +241,7 @@ impl SaferootFs {
                 opts,
                 passthrough: std::sync::atomic::AtomicBool::new(false),
                 idle_backing: Mutex::new(std::collections::VecDeque::new()),
+                link_peers: Mutex::new(HashMap::new()),
                 notifier: std::sync::OnceLock::new(),
                 guard: guard::Guard::default(),
             }),
@@ -657,6 +666,84 @@ impl Shared {
         {
             ix.queue(rel);
         }
+    }
+
+    /// Remove `name` of `dir` (project-relative `rel`, stat `st`) without copying anything, if
+    /// it is one of exactly two names of a regular file, the other one made or used by a
+    /// `link` through the mount, still naming the same file, versioned, and nothing has the
+    /// file open for writing: git's `link(tmp, final)` then `unlink(tmp)`. The record then
+    /// keeps no bytes: the content is the other name's (restore finds it by inode). If the other
+    /// name went away at the same moment (the file's last link was ours after all), the bytes
+    /// are copied from a descriptor held across the removal. `None`: not such a case (nothing
+    /// was done).
+    fn unlink_second_name(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        st: &FileStat,
+        t: i64,
+    ) -> Result<Option<Record>, Errno> {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 2 {
+            return Ok(None);
+        }
+        // Held to the end: two such removals (of both names) never run at once, so the second
+        // one sees one link left and takes the ordinary path (the trash).
+        let mut peers = self.link_peers.lock().unwrap_or_else(|p| p.into_inner());
+        let other = match peers.get(&st.st_ino) {
+            Some((a, b)) if a == rel => b.clone(),
+            Some((a, b)) if b == rel => a.clone(),
+            _ => return Ok(None),
+        };
+        if self.is_scratch(&other, false) {
+            return Ok(None);
+        }
+        let node = self
+            .table
+            .known(st.st_dev, st.st_ino)
+            .and_then(|id| self.table.get(id).ok());
+        let writers = node
+            .as_ref()
+            .map(|n| n.writers.lock().unwrap_or_else(|p| p.into_inner()));
+        if writers.as_ref().is_some_and(|w| w.n > 0) {
+            return Ok(None);
+        }
+        let same =
+            nix::sys::stat::fstatat(self.table.root_fd(), &other, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|o| o.st_dev == st.st_dev && o.st_ino == st.st_ino && o.st_nlink == 2);
+        if !same {
+            return Ok(None);
+        }
+        let held = open_for_preimage(dir, name).map_err(errno)?;
+        let now = nix::sys::stat::fstat(held.as_fd()).map_err(errno)?;
+        if now.st_ino != st.st_ino || now.st_dev != st.st_dev || now.st_nlink != 2 {
+            return Ok(None);
+        }
+        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(errno)?;
+        drop(writers);
+        peers.remove(&st.st_ino);
+        drop(peers);
+        let mut rec = Record {
+            kind: Some(Kind::File),
+            mode: Some(st.st_mode),
+            ino: Some(st.st_ino),
+            size: Some(st.st_size as u64),
+            links: Some(2),
+            note: Some(format!("another name of {}", other.display())),
+            ..Record::new(t, Op::Unlink, rel, 0, "")
+        };
+        let after = nix::sys::stat::fstat(held.as_fd()).map_err(errno)?;
+        if after.st_nlink == 0 {
+            // The other name was renamed over meanwhile (that rename kept its own copy): this
+            // was the last name. The bytes are still reachable through `held`; keep them here
+            // too (the removal is done, so a failure is only logged, like a failed journal
+            // append).
+            match self.store.preimage(held.as_fd(), &after) {
+                Ok(h) => rec.object = Some(h),
+                Err(e) => warn!("keeping {} after its last link went: {e}", rel.display()),
+            }
+        }
+        Ok(Some(rec))
     }
 
     /// Keep the entry `name` of `dir` (project-relative `rel`) before it is destroyed: move it
@@ -1787,6 +1874,10 @@ impl Filesystem for SaferootFs {
                 .map_err(errno);
             }
             let t = now_ns();
+            if let Some(rec) = s.unlink_second_name(pfd.fd(), name, &rel, &st, t)? {
+                s.journal(req, rec);
+                return Ok(());
+            }
             let rec = s.keep(pfd.fd(), name, &rel, &st, t)?;
             if !Shared::moved_away(&st) {
                 nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
@@ -1905,6 +1996,13 @@ impl Filesystem for SaferootFs {
             if s.is_scratch(&to_rel, false) {
                 return Ok(attr);
             }
+            if node.fmt == libc::S_IFREG {
+                let mut peers = s.link_peers.lock().unwrap_or_else(|p| p.into_inner());
+                if peers.len() >= LINK_PEERS_MAX {
+                    peers.clear();
+                }
+                peers.insert(node.ino, (from_rel.clone(), to_rel.clone()));
+            }
             s.journal(
                 req,
                 Record {
@@ -1929,7 +2027,8 @@ impl Filesystem for SaferootFs {
             // O_TRUNC (sent only if the kernel does not truncate through setattr first) is
             // applied after the pre-image, never by the open itself.
             let trunc = flags.0 & libc::O_TRUNC != 0;
-            let mut raw = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+            let mut raw =
+                flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
             let acc = raw & libc::O_ACCMODE;
             let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR || trunc;
             if writes && s.guard.active() {
@@ -1937,8 +2036,7 @@ impl Filesystem for SaferootFs {
             }
             let keep = if !writes {
                 None
-            } else if s.is_scratch(&s.node_rel(&node), node.is_dir()) && !s.has_other_links(&node)
-            {
+            } else if s.is_scratch(&s.node_rel(&node), node.is_dir()) && !s.has_other_links(&node) {
                 Some(Keep::No)
             } else if acc == libc::O_WRONLY
                 && raw & libc::O_APPEND != 0
@@ -2031,10 +2129,9 @@ impl Filesystem for SaferootFs {
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | noflush)
                     }
                     // Nothing else changes backing files while mounted: the cache stays valid.
-                    Io::Cached => reply.opened(
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_KEEP_CACHE | noflush,
-                    ),
+                    Io::Cached => {
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | noflush)
+                    }
                 }
             }
             Err(e) => reply.error(e),

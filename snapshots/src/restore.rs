@@ -667,6 +667,7 @@ fn find_removal(store: &Store, past: &Past, live: &Tree, p: &Path) -> Result<Rem
         tree: live.clone(),
         mismatches: 0,
         skipped: 0,
+        by_ino: None,
     };
     let recs = &past.records;
     for i in (0..recs.len()).rev() {
@@ -782,6 +783,7 @@ fn trees_at(
         tree: live.clone(),
         mismatches: 0,
         skipped: 0,
+        by_ino: None,
     };
     let mut next = past.records.len();
     let mut out: Vec<Option<(Tree, Vec<String>)>> = vec![None; instants.len()];
@@ -1157,6 +1159,9 @@ struct Rollback<'a> {
     mismatches: usize,
     /// Records with paths that are absolute, contain `..`, or lack a needed second path.
     skipped: usize,
+    /// A path of each inode number in `tree`, built when first needed and checked on use
+    /// (rebuilt when it no longer holds).
+    by_ino: Option<HashMap<u64, PathBuf>>,
 }
 
 impl Rollback<'_> {
@@ -1362,10 +1367,65 @@ impl Rollback<'_> {
         Ok(())
     }
 
+    /// A regular file entry of `tree` with inode `ino` (not Unknown).
+    fn file_with_ino(&mut self, ino: u64) -> Option<Entry> {
+        let valid = |tree: &Tree, p: &PathBuf| {
+            tree.get(p)
+                .filter(|e| e.ino == ino && e.kind == Kind::File && !e.unknown())
+                .cloned()
+        };
+        if let Some(e) = self
+            .by_ino
+            .as_ref()
+            .and_then(|m| m.get(&ino))
+            .and_then(|p| valid(&self.tree, p))
+        {
+            return Some(e);
+        }
+        let index: HashMap<u64, PathBuf> = self
+            .tree
+            .iter()
+            .filter(|(_, e)| e.ino != 0 && e.kind == Kind::File && !e.unknown())
+            .map(|(p, e)| (e.ino, p.clone()))
+            .collect();
+        let found = index.get(&ino).and_then(|p| valid(&self.tree, p));
+        self.by_ino = Some(index);
+        found
+    }
+
     /// Put at `p` what was there before `r` removed or replaced it (its trash item or object),
     /// or an Unknown entry if the record kept nothing.
     fn bring_back(&mut self, p: &Path, r: &Record) -> Result<()> {
         let when = format_utc(r.t);
+        // One of two names of a file, removed while the other still named it: nothing was
+        // kept, the content is the other name's at that instant.
+        if r.op == Op::Unlink
+            && r.trash.is_none()
+            && r.object.is_none()
+            && r.kind == Some(Kind::File)
+            && r.links.is_some_and(|l| l > 1)
+        {
+            let found = r
+                .ino
+                .filter(|&i| i != 0)
+                .and_then(|i| self.file_with_ino(i));
+            let n = match found {
+                Some(mut n) => {
+                    n.perm = r.mode.map_or(n.perm, |m| m & 0o7777);
+                    n
+                }
+                None => Entry::bare(
+                    Kind::File,
+                    r.mode.unwrap_or(0) & 0o7777,
+                    Source::Unknown(format!(
+                        "removed at {when} as another name of a file that is not known at \
+                         that instant"
+                    )),
+                ),
+            };
+            self.tree.insert(p.to_owned(), n);
+            return Ok(());
+        }
         // A record with both kept the bytes as they were at that instant in `object` (the file
         // was still open for writing, and the trash item may have changed since).
         if let Some(tr) = r.trash.as_ref().filter(|_| r.object.is_none()) {
