@@ -116,12 +116,6 @@ enum Io<'n> {
     Cached,
 }
 
-struct DirHandle {
-    fd: OwnedFd,
-    /// Entries read at the first `readdir` of offset 0: (d_ino, S_IFMT bits, name).
-    entries: Option<Vec<(u64, u32, OsString)>>,
-}
-
 /// State shared by all request threads, and by the daemon's control thread.
 pub struct Shared {
     table: Table,
@@ -130,7 +124,6 @@ pub struct Shared {
     store: Arc<Store>,
     indexer: Mutex<Option<Indexer>>,
     files: RwLock<HashMap<u64, Arc<OpenFile>>>,
-    dirs: RwLock<HashMap<u64, Arc<Mutex<DirHandle>>>>,
     next_fh: AtomicU64,
     comms: Mutex<HashMap<u32, (Instant, String)>>,
     opts: Options,
@@ -235,7 +228,6 @@ impl SaferootFs {
                 store,
                 indexer: Mutex::new(Some(indexer)),
                 files: RwLock::new(HashMap::new()),
-                dirs: RwLock::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 comms: Mutex::new(HashMap::new()),
                 opts,
@@ -1336,59 +1328,88 @@ impl Shared {
         }
     }
 
-    fn fill_dir(&self, dh: &mut DirHandle, is_root: bool) -> Result<(), Errno> {
-        let fd = nix::fcntl::openat(
-            dh.fd.as_fd(),
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno)?;
-        let mut d = nix::dir::Dir::from_fd(fd).map_err(errno)?;
-        let mut v = Vec::new();
-        for e in d.iter() {
-            let e = e.map_err(errno)?;
-            let name = OsStr::from_bytes(e.file_name().to_bytes());
-            if is_root && name.as_bytes() == STORE_DIR.as_bytes() {
-                continue;
-            }
-            let fmt = match e.file_type() {
-                Some(nix::dir::Type::Directory) => libc::S_IFDIR,
-                Some(nix::dir::Type::Symlink) => libc::S_IFLNK,
-                Some(nix::dir::Type::Fifo) => libc::S_IFIFO,
-                Some(nix::dir::Type::Socket) => libc::S_IFSOCK,
-                Some(nix::dir::Type::CharacterDevice) => libc::S_IFCHR,
-                Some(nix::dir::Type::BlockDevice) => libc::S_IFBLK,
-                _ => libc::S_IFREG,
-            };
-            v.push((e.ino(), fmt, name.to_owned()));
+    /// The directory `node`, opened for reading.
+    fn dir_fd(&self, node: &Node) -> Result<OwnedFd, Errno> {
+        match self
+            .table
+            .open(node, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(errno)?
+        {
+            Fd::Owned(fd) => Ok(fd),
+            Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE),
         }
-        dh.entries = Some(v);
-        Ok(())
     }
 
-    /// The directory handle, locked, with its listing read afresh when the kernel starts
-    /// over (offset 0) or has none yet.
-    fn listing<'d>(
+    /// The entries of the directory `fd` from `offset` (0: the start; else the offset the
+    /// entry before had, the backing filesystem's own cookie, as stable as it makes it), each
+    /// given to `add(ino, offset of the next one, S_IFMT bits, name)` until it returns true
+    /// (the reply is full). The store is left out of the root's listing.
+    fn read_dir_at(
         &self,
-        dh: &'d Mutex<DirHandle>,
-        ino: INodeNo,
+        fd: BorrowedFd<'_>,
+        is_root: bool,
         offset: u64,
-    ) -> Result<std::sync::MutexGuard<'d, DirHandle>, Errno> {
-        let mut g = dh.lock().unwrap_or_else(|p| p.into_inner());
-        if offset == 0 || g.entries.is_none() {
-            self.fill_dir(&mut g, ino.0 == ROOT_ID)?;
+        mut add: impl FnMut(u64, u64, u32, &OsStr) -> bool,
+    ) -> Result<(), Errno> {
+        nix::unistd::lseek(fd, offset as i64, nix::unistd::Whence::SeekSet).map_err(errno)?;
+        // Small reads: a reply holds a few dozen entries, and the rest would be read again by
+        // the next request.
+        let mut buf = vec![0u64; 512];
+        loop {
+            // SAFETY: getdents64 writes at most the given length into the buffer.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len() * 8,
+                )
+            };
+            let n = sys::last_errno_isize(n as isize).map_err(errno)?;
+            if n == 0 {
+                return Ok(());
+            }
+            // SAFETY: the first n bytes were written by the kernel; u64 to u8 is always valid.
+            let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+            let mut pos = 0;
+            while pos + 19 < bytes.len() {
+                let d_ino = u64::from_ne_bytes(bytes[pos..pos + 8].try_into().unwrap_or_default());
+                let d_off =
+                    u64::from_ne_bytes(bytes[pos + 8..pos + 16].try_into().unwrap_or_default());
+                let reclen =
+                    u16::from_ne_bytes(bytes[pos + 16..pos + 18].try_into().unwrap_or_default())
+                        as usize;
+                let d_type = bytes[pos + 18];
+                if reclen == 0 || pos + reclen > bytes.len() {
+                    return Err(Errno::EIO);
+                }
+                let raw = &bytes[pos + 19..pos + reclen];
+                let name = OsStr::from_bytes(
+                    &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())],
+                );
+                pos += reclen;
+                if is_root && name.as_bytes() == STORE_DIR.as_bytes() {
+                    continue;
+                }
+                let fmt = match d_type {
+                    libc::DT_DIR => libc::S_IFDIR,
+                    libc::DT_LNK => libc::S_IFLNK,
+                    libc::DT_FIFO => libc::S_IFIFO,
+                    libc::DT_SOCK => libc::S_IFSOCK,
+                    libc::DT_CHR => libc::S_IFCHR,
+                    libc::DT_BLK => libc::S_IFBLK,
+                    libc::DT_REG => libc::S_IFREG,
+                    // A filesystem that does not say: ask it.
+                    _ => match nix::sys::stat::fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                        Ok(st) => st.st_mode & libc::S_IFMT,
+                        Err(_) => continue,
+                    },
+                };
+                if add(d_ino, d_off, fmt, name) {
+                    return Ok(());
+                }
+            }
         }
-        Ok(g)
-    }
-
-    fn dir_handle(&self, fh: FileHandle) -> Result<Arc<Mutex<DirHandle>>, Errno> {
-        self.dirs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
-            .ok_or(Errno::EBADF)
     }
 
     /// An append-only handle of `node` about to open: count it as a direct handle and return
@@ -2308,55 +2329,34 @@ impl Filesystem for SaferootFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let s = &self.shared;
-        let r = (|| {
-            let node = s.node(ino)?;
-            let fd = match s
-                .table
-                .open(&node, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-                .map_err(errno)?
-            {
-                Fd::Owned(fd) => fd,
-                Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
-            };
-            let fh = s.new_fh();
-            s.dirs
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, Arc::new(Mutex::new(DirHandle { fd, entries: None })));
-            Ok::<_, Errno>(fh)
-        })();
-        match r {
-            // The kernel may keep directory listings: it drops them itself when it changes a
-            // directory through the mount, and restore invalidates what it changes behind it.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Directories need no open handle: every READDIR reads the directory from the offset
+        // it asks for (the backing filesystem's own cookies). With ENOSYS here, the kernel
+        // sends neither OPENDIR nor RELEASEDIR again, for any directory, and keeps listings
+        // in its cache across opens (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, its default then):
+        // two round trips less for every directory a `find`, `git status` or `grep -r` opens.
+        // It drops a listing itself when it changes the directory through the mount, and
+        // restore invalidates what it changes behind it.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let s = &self.shared;
         let r = (|| {
-            let dh = s.dir_handle(fh)?;
-            let dh = s.listing(&dh, ino, offset)?;
-            let entries = dh.entries.as_deref().unwrap_or_default();
-            for (i, (d_ino, fmt, name)) in entries.iter().enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(*d_ino), (i + 1) as u64, file_type(*fmt), name) {
-                    break;
-                }
-            }
-            Ok::<_, Errno>(())
+            let fd = s.dir_fd(&*s.node(ino)?)?;
+            s.read_dir_at(
+                fd.as_fd(),
+                ino.0 == ROOT_ID,
+                offset,
+                |d_ino, off, fmt, name| reply.add(INodeNo(d_ino), off, file_type(fmt), name),
+            )
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -2368,48 +2368,42 @@ impl Filesystem for SaferootFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
-            let dh = s.dir_handle(fh)?;
-            let dh = s.listing(&dh, ino, offset)?;
-            let entries = dh.entries.as_deref().unwrap_or_default();
-            let dirfd = dh.fd.as_fd();
-            for (i, (d_ino, fmt, name)) in entries.iter().enumerate().skip(offset as usize) {
-                let off = (i + 1) as u64;
+            let fd = s.dir_fd(&node)?;
+            let dirfd = fd.as_fd();
+            s.read_dir_at(dirfd, ino.0 == ROOT_ID, offset, |d_ino, off, fmt, name| {
                 let b = name.as_bytes();
                 if b == b"." || b == b".." {
                     // Node id 0: the kernel lists the name without caching an entry for it.
-                    let mut attr = s.attr(0, &zero_stat(*fmt), None);
-                    attr.ino = INodeNo(*d_ino);
-                    if reply.add(INodeNo(0), off, name, &Duration::ZERO, &attr, Generation(0)) {
-                        break;
-                    }
-                    continue;
+                    let mut attr = s.attr(0, &zero_stat(fmt), None);
+                    attr.ino = INodeNo(d_ino);
+                    return reply.add(INodeNo(0), off, name, &Duration::ZERO, &attr, Generation(0));
                 }
                 let (child, attr) = match s.lookup_in(&node, dirfd, name) {
                     Ok(x) => x,
-                    // Vanished since the listing: skip it.
-                    Err(_) => continue,
+                    // Vanished since it was read: skip it.
+                    Err(_) => return false,
                 };
-                if reply.add(
+                let full = reply.add(
                     INodeNo(child.id),
                     off,
                     name,
                     &s.opts.ttl,
                     &attr,
                     Generation(0),
-                ) {
+                );
+                if full {
                     // Not sent: the kernel did not get this lookup.
                     s.table.forget(child.id, 1);
-                    break;
                 }
-            }
-            Ok::<_, Errno>(())
+                full
+            })
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -2421,32 +2415,27 @@ impl Filesystem for SaferootFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.shared
-            .dirs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.shared.dir_handle(fh).and_then(|dh| {
-            let dh = dh.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &self.shared;
+        let r = s.node(ino).and_then(|n| s.dir_fd(&n)).and_then(|fd| {
             if datasync {
-                nix::unistd::fdatasync(dh.fd.as_fd()).map_err(errno)
+                nix::unistd::fdatasync(fd.as_fd()).map_err(errno)
             } else {
-                nix::unistd::fsync(dh.fd.as_fd()).map_err(errno)
+                nix::unistd::fsync(fd.as_fd()).map_err(errno)
             }
         });
         match r {
