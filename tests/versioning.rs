@@ -945,10 +945,14 @@ w = os.open('b', os.O_WRONLY | os.O_APPEND)
 os.write(w, b'1\n')
 r1 = os.open('b', os.O_RDONLY)
 assert read(r1) == b'0\n1\n', read(r1)
-for flags in (mmap.MAP_PRIVATE, mmap.MAP_SHARED):
-    m = mmap.mmap(r1, 0, flags=flags, prot=mmap.PROT_READ)
-    assert m[:] == b'0\n1\n'
-    m.close()
+m = mmap.mmap(r1, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+assert m[:] == b'0\n1\n'
+m.close()
+try:                                            # documented: ENODEV beside an appender
+    mmap.mmap(r1, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    raise SystemExit('a shared mapping beside an appender worked')
+except OSError as e:
+    assert e.errno == 19, e
 os.write(w, b'2\n')
 assert read(r1) == b'0\n1\n2\n', read(r1)
 os.close(w)
@@ -1065,4 +1069,115 @@ fn unlinking_a_second_name_copies_nothing_and_restores_exactly() {
     assert_ok(&p.run(&["restore", &t4]));
     assert_same_tree(&gone, &digest(d));
     p.umount();
+}
+
+/// Append sessions under the ways a session can be stretched: a descriptor duplicated into a
+/// child that closes it (which ends the session as far as close(2) goes) and then writes below
+/// the old end, a truncate at and past the old end, a forced copy inside the session, O_DIRECT,
+/// and an append-only inode (`chattr +a`). Every instant restores exactly.
+#[test]
+fn append_sessions_survive_dups_truncates_and_odd_flags() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir();
+    for f in ["dup", "tr", "mid", "od", "plusa"] {
+        std::fs::write(d.join(f), format!("ORIGINAL {f}\n").repeat(512)).unwrap();
+    }
+    // chattr +a needs a filesystem that has the flag (ext4, xfs, btrfs); say so if not.
+    let o = Command::new("chattr")
+        .args(["+a", "plusa"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "chattr +a: {}", stderr(&o));
+    p.mount();
+    let script = r#"
+import os, fcntl, mmap, time, datetime
+def now():
+    t = time.time_ns()
+    return datetime.datetime.fromtimestamp(t // 10**9, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S') + '.%09dZ' % (t % 10**9)
+def mark(name, content=None):
+    time.sleep(0.03)
+    print(now(), name, (open(name, 'rb').read() if content is None else content).hex(), flush=True)
+    time.sleep(0.03)
+mark('dup')
+fd = os.open('dup', os.O_WRONLY | os.O_APPEND)
+os.write(fd, b'appended\n')
+if os.fork() == 0:          # the child's copy closes at exit: close(2) ends the session
+    os._exit(0)
+os.wait()
+fcntl.fcntl(fd, fcntl.F_SETFL, 0)
+os.pwrite(fd, b'ZZZZ', 0)   # still must keep the old bytes first
+os.close(fd)
+mark('dup')
+mark('tr')
+fd = os.open('tr', os.O_WRONLY | os.O_APPEND)
+size = os.fstat(fd).st_size
+os.write(fd, b'abcdefghij')
+os.ftruncate(fd, size + 4)   # a size change past the old end keeps nothing and loses nothing
+os.write(fd, b'XY')
+os.truncate('tr', size)      # back to exactly the old end
+os.write(fd, b'end\n')
+os.close(fd)
+mark('tr')
+before = open('mid', 'rb').read()
+time.sleep(0.05)
+fd = os.open('mid', os.O_WRONLY | os.O_APPEND)
+os.write(fd, b'APPENDED\n')
+os.pwritev(fd, [b'@@'], 0, 0x20)   # RWF_NOAPPEND: forces a copy inside the session
+mark('mid', before)          # inside the session: as it began
+os.close(fd)
+mark('mid')
+buf = mmap.mmap(-1, 4096)
+buf.write(b'D' * 4096)
+fd = os.open('od', os.O_WRONLY | os.O_APPEND | os.O_DIRECT)
+assert os.write(fd, buf) == 4096
+r = os.open('od', os.O_RDONLY | os.O_DIRECT)   # beside the appender: served by the daemon
+rb = mmap.mmap(-1, 4096)
+assert os.preadv(r, [rb], 0) == 4096
+os.close(r); os.close(fd)
+mark('od')
+with open('plusa', 'ab') as f:
+    f.write(b'more\n')
+mark('plusa')
+"#;
+    let out = python(&["-c".as_ref(), script.as_ref()], d);
+    let marks: Vec<(String, String, Vec<u8>)> = out
+        .lines()
+        .map(|l| {
+            let v: Vec<&str> = l.split(' ').collect();
+            let bytes = (0..v[2].len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&v[2][i..i + 2], 16).unwrap())
+                .collect();
+            (v[0].to_owned(), v[1].to_owned(), bytes)
+        })
+        .collect();
+    assert_eq!(marks.len(), 8, "{out}");
+    assert!(marks[1].2.starts_with(b"ZZZZINAL dup"));
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    for (i, (t, name, want)) in marks.iter().enumerate() {
+        let to = dest.path().join(i.to_string());
+        let o = p.run(&["restore", "--to", to.to_str().unwrap(), t]);
+        assert_ok(&o);
+        let got = std::fs::read(to.join(name)).unwrap();
+        assert!(
+            &got == want,
+            "{name} at mark {i}: {:?}…, want {:?}… ({})",
+            String::from_utf8_lossy(&got[..got.len().min(40)]),
+            String::from_utf8_lossy(&want[..want.len().min(40)]),
+            stderr(&o)
+        );
+        assert!(!stderr(&o).contains("not kept"), "{}", stderr(&o));
+    }
+    p.umount();
+    let _ = Command::new("chattr")
+        .args(["-a", "plusa"])
+        .current_dir(d)
+        .status();
 }

@@ -466,16 +466,24 @@ impl Shared {
         Ok(())
     }
 
-    /// Something is about to change bytes of `node` that an append-only write session left in
-    /// place (`below`: the lowest offset it touches; `None`: any, e.g. a size change). Keep
-    /// the pre-image first if the session has not kept it yet. Fails with the store's error,
+    /// The handle `file` is about to change bytes of the file it writes from offset `below`
+    /// on. If its write session is append-only and has not kept the old bytes, and `below` is
+    /// under the size the session began with, keep them first. Fails with the store's error,
     /// and then the change must not happen.
-    fn keep_session(&self, req: &Request, node: &Node, below: Option<u64>) -> Result<(), Errno> {
+    fn keep_session(&self, req: &Request, file: &OpenFile, below: u64) -> Result<(), Errno> {
+        let Some(node) = file.writer_of.as_ref() else {
+            return Ok(());
+        };
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-        let in_session = w.n > 0 && !node.session_closed.load(Ordering::Relaxed);
-        if in_session && !w.kept && below.is_none_or(|off| off < w.base) {
+        if w.n > 0 && !w.kept && below < w.base {
             self.keep_preimage(req, node)?;
             w.kept = true;
+            // A close(2) of one descriptor may have ended the session already while a
+            // duplicate of it stays open and goes on writing (a child that exited): this
+            // record begins a new one, which the last close of this handle ends.
+            if node.session_closed.swap(false, Ordering::Relaxed) {
+                file.close_journaled.store(false, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -1609,10 +1617,11 @@ impl Filesystem for SaferootFs {
             // The kernel then handles POSIX ACLs like a local filesystem: it checks them and
             // drops its cached attributes when one is set, so a mode changed by an ACL is never
             // stale; setxattr journals that mode change.
-            | InitFlags::FUSE_POSIX_ACL
-            // A shared mapping of a handle served with direct I/O (one opened beside an
-            // append-only writer) then works, through the page cache, instead of ENODEV.
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+            | InitFlags::FUSE_POSIX_ACL;
+        // Not FUSE_DIRECT_IO_ALLOW_MMAP: a shared mapping of a handle served with direct I/O
+        // would go through a page cache the daemon's own writes (an appender's) do not keep
+        // coherent, and writing back a stale page would zero appended bytes. Such a mapping
+        // fails with ENODEV instead (docs/posix.md).
         for f in wanted.iter() {
             let _ = config.add_capabilities(f);
         }
@@ -2048,8 +2057,10 @@ impl Filesystem for SaferootFs {
             // O_TRUNC (sent only if the kernel does not truncate through setattr first) is
             // applied after the pre-image, never by the open itself.
             let trunc = flags.0 & libc::O_TRUNC != 0;
-            let mut raw =
-                flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+            // O_DIRECT is left to the kernel: a passthrough handle's own backing file has it,
+            // and the daemon's descriptor serves unaligned buffers (direct I/O handles).
+            let mut raw = flags.0
+                & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_DIRECT);
             let acc = raw & libc::O_ACCMODE;
             let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR || trunc;
             if writes && s.guard.active() {
@@ -2085,11 +2096,15 @@ impl Filesystem for SaferootFs {
                 k => k,
             };
             let opened = (|| {
-                let fd = match s
-                    .table
-                    .open(&node, OFlag::from_bits_retain(raw))
-                    .map_err(errno)?
-                {
+                let fd = match s.table.open(&node, OFlag::from_bits_retain(raw)) {
+                    // An append-only inode (chattr +a) opens for writing only with O_APPEND;
+                    // nothing can then be written below its end anyway.
+                    Err(NixErrno::EPERM) if direct => s
+                        .table
+                        .open(&node, OFlag::from_bits_retain(raw | libc::O_APPEND)),
+                    r => r,
+                };
+                let fd = match fd.map_err(errno)? {
                     Fd::Owned(fd) => fd,
                     Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
                 };
@@ -2211,9 +2226,7 @@ impl Filesystem for SaferootFs {
         let s = &self.shared;
         let r = (|| {
             let f = s.file(fh)?;
-            if let Some(node) = &f.writer_of {
-                s.keep_session(req, node, Some(offset))?;
-            }
+            s.keep_session(req, &f, offset)?;
             let mut done = 0;
             while done < data.len() {
                 let n = nix::sys::uio::pwrite(
@@ -2715,9 +2728,7 @@ impl Filesystem for SaferootFs {
         let r = self.shared.file(fh).and_then(|f| {
             // Only reserving space (with or without changing the size) leaves bytes alone.
             if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
-                if let Some(node) = &f.writer_of {
-                    self.shared.keep_session(req, node, Some(offset))?;
-                }
+                self.shared.keep_session(req, &f, offset)?;
             }
             // SAFETY: plain syscall on a valid descriptor.
             let r =
@@ -2772,9 +2783,7 @@ impl Filesystem for SaferootFs {
         let r = (|| {
             let a = s.file(fh_in)?;
             let b = s.file(fh_out)?;
-            if let Some(node) = &b.writer_of {
-                s.keep_session(req, node, Some(offset_out))?;
-            }
+            s.keep_session(req, &b, offset_out)?;
             let mut oi = offset_in as i64;
             let mut oo = offset_out as i64;
             // SAFETY: valid descriptors and offset pointers.

@@ -804,7 +804,9 @@ fn trees_at(
             out[i] = Some((rb.tree.clone(), rb.warnings(past.corrupt, t)));
         } else {
             let saved = rb.tree.clone();
-            for w in open {
+            // Newest first, so the oldest session open at t (an `append` whose later `write`
+            // kept a copy inside it) gives the content last: as it was when it began.
+            for w in open.into_iter().rev() {
                 for p in rb.same_inode(w, &w.path) {
                     rb.undo_change_at(&p, w)?;
                 }
@@ -1328,10 +1330,14 @@ impl Rollback<'_> {
         if r.op == Op::Append {
             // Before an append-only session: the first `size` bytes of what it left.
             if let (Some(n), Some(size)) = (self.tree.get_mut(path), r.size) {
-                if n.kind == Kind::File && !n.unknown() && n.written.is_none() {
+                // Whatever the session did below `size` kept the content first (a `write`
+                // record, undone already); anything else (appends, a size change at or past
+                // `size`, which marked the content as not known) is cut off here.
+                if n.kind == Kind::File && !n.unknown() {
                     n.src = std::mem::replace(&mut n.src, Source::Fresh).prefix(size);
                     n.size = size;
                     n.mtime = None;
+                    n.written = None;
                 }
             }
             return Ok(());
