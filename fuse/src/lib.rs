@@ -631,9 +631,15 @@ impl Shared {
     }
 
     fn chown_to_caller(&self, req: &Request, dir: BorrowedFd<'_>, name: &OsStr) {
-        if req.uid() != nix::unistd::geteuid().as_raw()
-            || req.gid() != nix::unistd::getegid().as_raw()
-        {
+        // The daemon's own ids never change: asked once.
+        static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+        let (uid, gid) = *IDS.get_or_init(|| {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        });
+        if req.uid() != uid || req.gid() != gid {
             let _ = nix::unistd::fchownat(
                 dir,
                 name,
@@ -1343,8 +1349,7 @@ impl Shared {
             .open(node, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
             .map_err(errno)?
         {
-            Fd::Owned(fd) => Ok(fd),
-            Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE),
+            fd => fd.into_owned().map_err(|_| Errno::EMFILE),
         }
     }
 
@@ -1896,12 +1901,11 @@ impl Filesystem for SaferootFs {
             }
             s.refuse_protected(req, &rel, "unlink", false)?;
             if s.is_scratch(&rel, false) {
-                return nix::unistd::unlinkat(
-                    pfd.fd(),
-                    name,
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                )
-                .map_err(errno);
+                nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                    .map_err(errno)?;
+                // Gone for good: let its blocks go now, not when the descriptor cache moves on.
+                s.table.drop_opath(st.st_dev, st.st_ino);
+                return Ok(());
             }
             let t = now_ns();
             if let Some(rec) = s.unlink_second_name(pfd.fd(), name, &rel, &st, t)? {
@@ -2105,8 +2109,7 @@ impl Filesystem for SaferootFs {
                     r => r,
                 };
                 let fd = match fd.map_err(errno)? {
-                    Fd::Owned(fd) => fd,
-                    Fd::Borrowed(b) => b.try_clone_to_owned().map_err(|_| Errno::EMFILE)?,
+                    fd => fd.into_owned().map_err(|_| Errno::EMFILE)?,
                 };
                 let writer_of = match keep {
                     Some(k) => {
@@ -2670,6 +2673,9 @@ impl Filesystem for SaferootFs {
             .map_err(errno)?;
             s.chown_to_caller(req, pfd.fd(), name);
             let (node, attr) = s.lookup_in(&pnode, pfd.fd(), name)?;
+            // A file just made has no file capability (only setxattr through here adds one):
+            // the kernel's question before its first write is answered without a syscall.
+            node.no_caps.store(true, Ordering::Relaxed);
             if !s.is_scratch(&rel, false) {
                 s.journal(
                     req,

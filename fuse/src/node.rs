@@ -71,6 +71,9 @@ pub struct Node {
     /// session and must keep a pre-image even though `writers` is not 0. Changed under the
     /// `writers` lock.
     pub session_closed: AtomicBool,
+    /// An `O_PATH` descriptor of the object, kept while the node is among the recently used
+    /// ones ([`OPATH_CACHE`]).
+    opath: Mutex<Option<Arc<OwnedFd>>>,
     /// Open handles that may write, and whether their session's old bytes are safe. The first
     /// one keeps a pre-image; the lock is held while it is taken, so no second writer can change
     /// the file before the bytes are safe.
@@ -109,6 +112,8 @@ impl Node {
 pub enum Fd<'a> {
     Borrowed(BorrowedFd<'a>),
     Owned(OwnedFd),
+    /// A node's cached `O_PATH` descriptor ([`Table::open`]).
+    Shared(Arc<OwnedFd>),
 }
 
 impl Fd<'_> {
@@ -116,9 +121,24 @@ impl Fd<'_> {
         match self {
             Fd::Borrowed(b) => *b,
             Fd::Owned(o) => o.as_fd(),
+            Fd::Shared(s) => s.as_fd(),
+        }
+    }
+
+    /// A descriptor of one's own (a duplicate unless this one is owned already).
+    pub fn into_owned(self) -> std::io::Result<OwnedFd> {
+        match self {
+            Fd::Owned(o) => Ok(o),
+            Fd::Borrowed(b) => b.try_clone_to_owned(),
+            Fd::Shared(s) => s.try_clone(),
         }
     }
 }
+
+/// Nodes whose `O_PATH` descriptor is kept open between requests, at most this many: the
+/// requests about one entry come in bursts (tar's create, chown, chmod, utimens, close), and
+/// each would otherwise reopen it by handle.
+const OPATH_CACHE: usize = 512;
 
 pub struct Table {
     root: OwnedFd,
@@ -130,6 +150,8 @@ pub struct Table {
     next_foreign: AtomicU64,
     /// Nodes removed by FORGET so far (see [`Table::forget`]).
     forgotten: AtomicU64,
+    /// The nodes holding a cached `O_PATH` descriptor, oldest first (see [`OPATH_CACHE`]).
+    opath_lru: Mutex<std::collections::VecDeque<std::sync::Weak<Node>>>,
 }
 
 impl Table {
@@ -154,6 +176,7 @@ impl Table {
                 diverted: AtomicBool::new(false),
                 backing: Mutex::new(None),
                 direct: std::sync::atomic::AtomicUsize::new(0),
+                opath: Mutex::new(None),
                 writers: Mutex::new(Writers::default()),
                 no_caps: AtomicBool::new(false),
                 session_closed: AtomicBool::new(false),
@@ -168,6 +191,7 @@ impl Table {
             foreign: Mutex::new(HashMap::new()),
             next_foreign: AtomicU64::new(FOREIGN_BASE),
             forgotten: AtomicU64::new(0),
+            opath_lru: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -225,6 +249,19 @@ impl Table {
                 flags | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?)),
+            NodeRef::Handle(h) if flags == OFlag::O_PATH => {
+                if let Some(fd) = node
+                    .opath
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    return Ok(Fd::Shared(fd.clone()));
+                }
+                let fd = Arc::new(sys::open_by_handle(self.root.as_fd(), h, flags.bits())?);
+                self.cache_opath(node, fd.clone());
+                Ok(Fd::Shared(fd))
+            }
             NodeRef::Handle(h) => Ok(Fd::Owned(sys::open_by_handle(
                 self.root.as_fd(),
                 h,
@@ -237,6 +274,40 @@ impl Table {
                 (flags - OFlag::O_NOFOLLOW) | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?)),
+        }
+    }
+
+    /// Keep `fd` as the cached `O_PATH` descriptor of `node`, closing the oldest beyond
+    /// [`OPATH_CACHE`].
+    fn cache_opath(&self, node: &Node, fd: Arc<OwnedFd>) {
+        let Some(me) = self
+            .nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node.id)
+            .map(Arc::downgrade)
+        else {
+            return;
+        };
+        *node.opath.lock().unwrap_or_else(|p| p.into_inner()) = Some(fd);
+        let evicted: Vec<std::sync::Weak<Node>> = {
+            let mut q = self.opath_lru.lock().unwrap_or_else(|p| p.into_inner());
+            q.push_back(me);
+            let excess = q.len().saturating_sub(OPATH_CACHE);
+            q.drain(..excess).collect()
+        };
+        for w in evicted {
+            if let Some(n) = w.upgrade() {
+                n.opath.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+        }
+    }
+
+    /// Close the cached `O_PATH` descriptor of the object (`dev`, `ino`), if any: after it was
+    /// removed for good (in a scratch tree), so its blocks are freed now.
+    pub fn drop_opath(&self, dev: u64, ino: u64) {
+        if let Some(n) = self.known(dev, ino).and_then(|id| self.get(id).ok()) {
+            n.opath.lock().unwrap_or_else(|p| p.into_inner()).take();
         }
     }
 
@@ -294,6 +365,7 @@ impl Table {
             diverted: AtomicBool::new(false),
             backing: Mutex::new(None),
             direct: std::sync::atomic::AtomicUsize::new(0),
+            opath: Mutex::new(None),
             writers: Mutex::new(Writers::default()),
             no_caps: AtomicBool::new(false),
             session_closed: AtomicBool::new(false),
