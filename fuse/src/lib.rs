@@ -139,6 +139,9 @@ pub struct Shared {
     /// (at most [`LINK_PEERS_MAX`]): when one of them is removed while the other still names
     /// the same file, nothing needs copying (see [`Shared::unlink_second_name`]).
     link_peers: Mutex<HashMap<u64, (PathBuf, PathBuf)>>,
+    /// Bumped after anything that can move a directory (rename, exchange, rmdir, a restore's
+    /// changes): a directory's path remembered under an older value is read again.
+    dir_gen: AtomicU64,
     /// Tells the kernel to drop cached attributes the daemon knows are stale; set by the
     /// daemon once the session exists.
     notifier: std::sync::OnceLock<fuser::Notifier>,
@@ -234,6 +237,7 @@ impl SaferootFs {
                 passthrough: std::sync::atomic::AtomicBool::new(false),
                 idle_backing: Mutex::new(std::collections::VecDeque::new()),
                 link_peers: Mutex::new(HashMap::new()),
+                dir_gen: AtomicU64::new(0),
                 notifier: std::sync::OnceLock::new(),
                 guard: guard::Guard::default(),
             }),
@@ -282,6 +286,7 @@ impl Shared {
     /// For each project-relative path, the kernel cache entries to drop after the backing tree
     /// was changed behind the kernel's back (by `restore`): (parent node, name, node if known).
     pub fn cached_entries(&self, paths: &[PathBuf]) -> Vec<(u64, OsString, Option<u64>)> {
+        self.dirs_moved();
         let mut out = Vec::new();
         for p in paths {
             let mut parent = ROOT_ID;
@@ -543,14 +548,28 @@ impl Shared {
         if node.id == ROOT_ID {
             return Ok(PathBuf::new());
         }
+        // Read before the path: a move that ends after this makes what is stored stale.
+        let gen = self.dir_gen.load(Ordering::Acquire);
+        if let Some((g, p)) = node.rel.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if *g == gen {
+                return Ok(p.clone());
+            }
+        }
         let p = sys::fd_path(fd).map_err(errno)?;
-        match p.strip_prefix(&self.root_prefix) {
+        let rel = match p.strip_prefix(&self.root_prefix) {
             // A directory inside the store (a process whose working directory was moved into
             // the trash) is not part of the project: nothing may be created there.
-            Ok(rel) if rel.starts_with(STORE_DIR) => Err(Errno::ENOENT),
-            Ok(rel) if !rel.as_os_str().is_empty() => Ok(rel.to_owned()),
-            _ => Err(Errno::ENOENT),
-        }
+            Ok(rel) if rel.starts_with(STORE_DIR) => return Err(Errno::ENOENT),
+            Ok(rel) if !rel.as_os_str().is_empty() => rel.to_owned(),
+            _ => return Err(Errno::ENOENT),
+        };
+        *node.rel.lock().unwrap_or_else(|p| p.into_inner()) = Some((gen, rel.clone()));
+        Ok(rel)
+    }
+
+    /// Something may have moved directories: forget their remembered paths.
+    pub fn dirs_moved(&self) {
+        self.dir_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Best-effort project-relative path of any node, for journal records.
@@ -1936,6 +1955,7 @@ impl Filesystem for SaferootFs {
             s.refuse_protected(req, &rel, "rmdir", true)?;
             nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)
                 .map_err(errno)?;
+            s.dirs_moved();
             if !s.is_scratch(&rel, true) {
                 s.journal(
                     req,
@@ -1992,10 +2012,11 @@ impl Filesystem for SaferootFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self
+        let r = self
             .shared
-            .do_rename(req, parent, name, newparent, newname, flags)
-        {
+            .do_rename(req, parent, name, newparent, newname, flags);
+        self.shared.dirs_moved();
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

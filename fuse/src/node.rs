@@ -71,6 +71,8 @@ pub struct Node {
     /// session and must keep a pre-image even though `writers` is not 0. Changed under the
     /// `writers` lock.
     pub session_closed: AtomicBool,
+    /// A directory's project-relative path, with the `Shared::dir_gen` it was read under.
+    pub rel: Mutex<Option<(u64, std::path::PathBuf)>>,
     /// An `O_PATH` descriptor of the object, kept while the node is among the recently used
     /// ones ([`OPATH_CACHE`]).
     opath: Mutex<Option<Arc<OwnedFd>>>,
@@ -177,6 +179,7 @@ impl Table {
                 backing: Mutex::new(None),
                 direct: std::sync::atomic::AtomicUsize::new(0),
                 opath: Mutex::new(None),
+                rel: Mutex::new(None),
                 writers: Mutex::new(Writers::default()),
                 no_caps: AtomicBool::new(false),
                 session_closed: AtomicBool::new(false),
@@ -366,6 +369,7 @@ impl Table {
             backing: Mutex::new(None),
             direct: std::sync::atomic::AtomicUsize::new(0),
             opath: Mutex::new(None),
+            rel: Mutex::new(None),
             writers: Mutex::new(Writers::default()),
             no_caps: AtomicBool::new(false),
             session_closed: AtomicBool::new(false),
