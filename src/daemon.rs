@@ -29,8 +29,13 @@ struct FileLogger(Mutex<std::fs::File>);
 impl log::Log for FileLogger {
     fn enabled(&self, m: &log::Metadata) -> bool {
         // fuser warns about every request type a filesystem leaves to the kernel (locks,
-        // ioctls); those are deliberate here, not news.
-        m.level() <= log::Level::Warn && !m.target().starts_with("fuser")
+        // ioctls); those are deliberate here, not news. Its debug lines (one per request)
+        // are wanted when SAFEROOT_LOG asks for them.
+        if m.target().starts_with("fuser") {
+            m.level() == log::Level::Debug && m.level() <= log::max_level()
+        } else {
+            m.level() <= log::Level::Warn
+        }
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
@@ -61,7 +66,13 @@ fn start_logging(store: &Store) {
     };
     let logger = Box::leak(Box::new(FileLogger(Mutex::new(std::fs::File::from(fd)))));
     if log::set_logger(logger).is_ok() {
-        log::set_max_level(log::LevelFilter::Warn);
+        // SAFEROOT_LOG=debug logs every FUSE request (fuser's own log lines), for profiling:
+        // count them per workload in daemon.log. Default: warnings and errors.
+        let level = std::env::var("SAFEROOT_LOG")
+            .ok()
+            .and_then(|v| v.parse::<log::LevelFilter>().ok())
+            .unwrap_or(log::LevelFilter::Warn);
+        log::set_max_level(level);
     }
 }
 

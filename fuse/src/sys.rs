@@ -153,6 +153,29 @@ pub fn caller_has_cap(pid: u32, cap: u32) -> bool {
         .is_some_and(|caps| cap < 64 && caps & (1u64 << cap) != 0)
 }
 
+/// `CAP_FSETID`: keeps set-user-ID and set-group-ID bits on write, truncate and chmod.
+pub const CAP_FSETID: u32 = 4;
+
+/// Is process `pid` in group `gid` (its effective group or a supplementary one)? From
+/// `/proc/PID/status`; false when that cannot be read.
+pub fn caller_in_group(pid: u32, gid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+    };
+    // Gid: real, effective, saved, filesystem; the filesystem one decides.
+    let fsgid = field("Gid:").split_whitespace().nth(3);
+    fsgid.and_then(|g| g.parse::<u32>().ok()) == Some(gid)
+        || field("Groups:")
+            .split_whitespace()
+            .any(|g| g.parse::<u32>().ok() == Some(gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
