@@ -385,7 +385,17 @@ fn unmount(r: &Running, lazy: bool) -> Result<()> {
     } else {
         nix::mount::MntFlags::empty()
     };
-    match nix::mount::umount2(&r.dir, flags) {
+    // A path walk passing through the mount at that moment (a `find /tmp` elsewhere) holds it
+    // for an instant: EBUSY is tried again for half a second before it is believed.
+    let mut result = nix::mount::umount2(&r.dir, flags);
+    for _ in 0..5 {
+        if result != Err(nix::errno::Errno::EBUSY) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        result = nix::mount::umount2(&r.dir, flags);
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EBUSY) => bail!(
             "{} is busy: a process still has its working directory or open files under it \

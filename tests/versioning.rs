@@ -757,6 +757,10 @@ fn a_restore_while_mounted_is_seen_at_once_even_for_names_that_are_not_utf8() {
     std::fs::create_dir(d.join("src")).unwrap();
     std::fs::write(d.join("src/main.rs"), b"v3\n").unwrap();
     assert_eq!(std::fs::metadata(d.join("src/main.rs")).unwrap().len(), 3);
+    // A name looked up while it is missing is remembered missing by the kernel (a negative
+    // entry); the restore that brings it back must make it visible too.
+    std::fs::remove_file(&odd).unwrap();
+    assert!(!odd.exists() && !odd.exists());
 
     let o = p.run(&["restore", &t1]);
     assert_ok(&o);

@@ -1671,16 +1671,27 @@ impl Filesystem for SaferootFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let s = &self.shared;
-        if is_store(parent, name) {
-            return reply.error(Errno::ENOENT);
-        }
-        let r = (|| {
-            let pnode = s.node(parent)?;
-            let pfd = s.path_fd(&pnode)?;
-            s.lookup_in(&pnode, pfd.fd(), name)
-        })();
+        let r = if is_store(parent, name) {
+            Err(Errno::ENOENT)
+        } else {
+            (|| {
+                let pnode = s.node(parent)?;
+                let pfd = s.path_fd(&pnode)?;
+                s.lookup_in(&pnode, pfd.fd(), name)
+            })()
+        };
         match r {
             Ok((_, attr)) => reply.entry(&s.opts.ttl, &attr, Generation(0)),
+            // A name that is not there is remembered as such by the kernel for as long as a
+            // name that is (node id 0: a negative entry): git looks for a .gitignore in every
+            // directory on every `status`, compilers and interpreters probe search paths. Only
+            // this daemon changes the directory, through the kernel, which then drops the
+            // entry itself; a restore invalidates every name it changes.
+            Err(Errno::ENOENT) => {
+                let mut attr = s.attr(0, &zero_stat(0), None);
+                attr.ino = INodeNo(0);
+                reply.entry(&s.opts.ttl, &attr, Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
