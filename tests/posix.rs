@@ -148,3 +148,105 @@ fn file_operations_through_the_mount_match_native() {
     }
     assert!(!kept.iter().any(|k| k == b"alpha"), "a2 was copied");
 }
+
+/// A directory read in small pieces while an entry is removed between two reads lists every
+/// other entry exactly once, natively and through the mount, on ext4 and on overlayfs (whose
+/// offsets mean something only to the descriptor that returned them); a directory removed while
+/// a descriptor of it is open lists nothing and can still be fsynced.
+#[test]
+fn listings_survive_changes_between_reads_and_removal() {
+    if !fuse_available() {
+        return;
+    }
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def entries(buf, n):
+    out, pos = [], 0
+    while pos < n:
+        reclen = int.from_bytes(buf[pos + 16:pos + 18], 'little')
+        name = buf[pos + 19:pos + reclen].split(b'\0', 1)[0]
+        out.append(name)
+        pos += reclen
+    return out
+fd = os.open('dd', os.O_RDONLY | os.O_DIRECTORY)
+buf = ctypes.create_string_buffer(512)
+seen = []
+first = True
+while True:
+    n = libc.syscall(217, fd, buf, 512)   # getdents64
+    assert n >= 0, ctypes.get_errno()
+    if n == 0:
+        break
+    names = entries(buf.raw, n)
+    seen += names
+    if first:
+        first = False
+        # one already listed: positions after it shift by one where offsets are positions
+        os.unlink(b'dd/' + [x for x in names if x not in (b'.', b'..')][4])
+os.close(fd)
+files = [x for x in seen if x not in (b'.', b'..')]
+dups = sorted({x for x in files if files.count(x) > 1})
+missing = sorted(set(x.encode() for x in os.listdir('dd')) - set(files))
+print('dups', dups, 'missing', missing)
+os.mkdir('gone')
+g = os.open('gone', os.O_RDONLY | os.O_DIRECTORY)
+os.rmdir('gone')
+print('removed', os.listdir(g), os.fsync(g))
+"#;
+    let run = |dir: &std::path::Path| python(&["-c".as_ref(), script.as_ref()], dir);
+    let fill = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir.join("dd")).unwrap();
+        for i in 100..400 {
+            std::fs::write(dir.join(format!("dd/u{i}")), b"").unwrap();
+        }
+    };
+    let want = "dups [] missing []\nremoved [] None\n";
+    // ext4 (or whatever holds the temporary directories), natively and through the mount.
+    let native = Project::empty();
+    fill(native.dir());
+    assert_eq!(run(native.dir()), want);
+    let p = Project::empty();
+    fill(p.dir());
+    p.mount();
+    assert_eq!(run(p.dir()), want, "through the mount");
+    p.umount();
+    // A project on overlayfs (a container's root), its lower layer holding one file.
+    let o = tempfile::Builder::new()
+        .prefix("saferoot-ovl.")
+        .tempdir()
+        .unwrap();
+    for d in ["lower/proj/dd", "upper", "work", "merged"] {
+        std::fs::create_dir_all(o.path().join(d)).unwrap();
+    }
+    std::fs::write(o.path().join("lower/proj/dd/lowfile"), b"").unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        o.path().join("lower").display(),
+        o.path().join("upper").display(),
+        o.path().join("work").display()
+    );
+    let merged = o.path().join("merged");
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .expect("mount overlayfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _overlay = Unmount(merged.clone());
+    let proj = merged.join("proj");
+    fill(&proj);
+    let pr = proj.to_str().unwrap();
+    assert_ok(&saferoot(&["-C", pr, "mount"]));
+    let through = run(&proj);
+    assert_ok(&saferoot(&["-C", pr, "umount"]));
+    assert_eq!(through, want, "through the mount, on overlayfs");
+}

@@ -1185,3 +1185,51 @@ mark('plusa')
         .current_dir(d)
         .status();
 }
+
+/// The removed one of two names comes back with its other name's bytes as they were at that
+/// instant, found by that name (not by inode number, which a scratch file may reuse), and only
+/// if that name was reached without a symlink on the way (else the bytes are copied).
+#[test]
+fn a_second_name_is_trusted_only_as_that_name() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir();
+    std::fs::create_dir_all(d.join("target")).unwrap();
+    std::fs::write(d.join("a"), b"precious\n").unwrap();
+    std::fs::write(d.join("m"), b"m1\n").unwrap();
+    std::fs::write(d.join("s"), b"kept\n").unwrap();
+    p.mount();
+    assert_ok(&p.sh(
+        "ln a b && ln m mm && mkdir d && ln s d/x && mv d/x target/x && rmdir d && ln -s target d",
+    ));
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    // The other name moves into scratch and goes; scratch files then take its inode number.
+    assert_ok(&p.sh("rm a && mv b target/b && rm target/b && for i in 1 2 3 4 5; do echo build $i > target/o$i; done"));
+    assert_ok(&p.sh("rm m && mv mm target/mm && echo zz > target/mm"));
+    // The other name `d/x` is recorded through `d`, now a symlink into scratch.
+    assert_ok(&p.sh("echo scratch edit >> target/x && rm s && echo junk > target/x"));
+    let to = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    let out = to.path().join("t0");
+    assert_ok(&p.run(&["restore", "--to", out.to_str().unwrap(), &t0]));
+    for (name, want) in [
+        ("a", &b"precious\n"[..]),
+        ("b", b"precious\n"),
+        ("m", b"m1\n"),
+        ("mm", b"m1\n"),
+        ("s", b"kept\n"),
+    ] {
+        assert_eq!(
+            String::from_utf8_lossy(&std::fs::read(out.join(name)).unwrap()),
+            String::from_utf8_lossy(want),
+            "{name}"
+        );
+    }
+    p.umount();
+}

@@ -142,6 +142,11 @@ pub struct Shared {
     /// Bumped after anything that can move a directory (rename, exchange, rmdir, a restore's
     /// changes): a directory's path remembered under an older value is read again.
     dir_gen: AtomicU64,
+    /// For directories being listed: the descriptor the last READDIR read from, and the offset
+    /// the kernel will ask for next (at most [`DIR_CURSORS_MAX`]). A listing read in several
+    /// requests goes on through one open directory, as it would natively: some filesystems
+    /// (overlayfs) give offsets that mean something only to the descriptor that returned them.
+    dir_cursors: Mutex<HashMap<u64, (u64, OwnedFd)>>,
     /// Tells the kernel to drop cached attributes the daemon knows are stale; set by the
     /// daemon once the session exists.
     notifier: std::sync::OnceLock<fuser::Notifier>,
@@ -162,6 +167,9 @@ fn errno(e: NixErrno) -> Errno {
 const PREIMAGE_READ: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_NOATIME);
+
+/// Directories whose listing in progress keeps its descriptor (`Shared::dir_cursors`).
+const DIR_CURSORS_MAX: usize = 256;
 
 /// Pairs of names remembered in `Shared::link_peers`; beyond this, the oldest are forgotten
 /// (all at once: a removal then just copies, as before).
@@ -238,6 +246,7 @@ impl SaferootFs {
                 idle_backing: Mutex::new(std::collections::VecDeque::new()),
                 link_peers: Mutex::new(HashMap::new()),
                 dir_gen: AtomicU64::new(0),
+                dir_cursors: Mutex::new(HashMap::new()),
                 notifier: std::sync::OnceLock::new(),
                 guard: guard::Guard::default(),
             }),
@@ -733,8 +742,11 @@ impl Shared {
         if writers.as_ref().is_some_and(|w| w.n > 0) {
             return Ok(None);
         }
-        let same =
-            nix::sys::stat::fstatat(self.table.root_fd(), &other, AtFlags::AT_SYMLINK_NOFOLLOW)
+        // Reached without following any symlink on the way (a directory on the path replaced
+        // by a link to elsewhere, a scratch tree or outside the project, must not count).
+        let same = !other.starts_with(STORE_DIR)
+            && sys::open_beneath(self.table.root_fd(), &other)
+                .and_then(|fd| nix::sys::stat::fstat(fd.as_fd()))
                 .is_ok_and(|o| o.st_dev == st.st_dev && o.st_ino == st.st_ino && o.st_nlink == 2);
         if !same {
             return Ok(None);
@@ -755,6 +767,7 @@ impl Shared {
             size: Some(st.st_size as u64),
             links: Some(2),
             note: Some(format!("another name of {}", other.display())),
+            peer: Some(other.clone()),
             ..Record::new(t, Op::Unlink, rel, 0, "")
         };
         let after = nix::sys::stat::fstat(held.as_fd()).map_err(errno)?;
@@ -1372,18 +1385,41 @@ impl Shared {
         }
     }
 
-    /// The entries of the directory `fd` from `offset` (0: the start; else the offset the
-    /// entry before had, the backing filesystem's own cookie, as stable as it makes it), each
-    /// given to `add(ino, offset of the next one, S_IFMT bits, name)` until it returns true
-    /// (the reply is full). The store is left out of the root's listing.
+    /// The entries of the directory `node` from `offset` (0: the start; else the offset the
+    /// entry before had, the backing filesystem's own cookie), each given to
+    /// `add(directory, ino, offset of the next one, S_IFMT bits, name)` until it returns true
+    /// (the reply is full). The store is left out of the root's listing. A directory removed
+    /// meanwhile lists nothing, as natively.
     fn read_dir_at(
         &self,
-        fd: BorrowedFd<'_>,
-        is_root: bool,
+        node: &Node,
         offset: u64,
-        mut add: impl FnMut(u64, u64, u32, &OsStr) -> bool,
+        mut add: impl FnMut(BorrowedFd<'_>, u64, u64, u32, &OsStr) -> bool,
     ) -> Result<(), Errno> {
-        nix::unistd::lseek(fd, offset as i64, nix::unistd::Whence::SeekSet).map_err(errno)?;
+        // Offset 0 starts a listing afresh; any other goes on through the descriptor of the
+        // listing that gave it (the kernel may come back to an earlier offset than the last one
+        // sent, when a change dropped its cached copy of the listing part-way through).
+        let cursor = (offset != 0)
+            .then(|| {
+                self.dir_cursors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&node.id)
+                    .map(|(_, fd)| fd)
+            })
+            .flatten();
+        let fd = match cursor {
+            Some(fd) => fd,
+            None => match self.dir_fd(node) {
+                Ok(fd) => fd,
+                Err(Errno::ESTALE) | Err(Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        };
+        let is_root = node.id == ROOT_ID;
+        nix::unistd::lseek(fd.as_fd(), offset as i64, nix::unistd::Whence::SeekSet)
+            .map_err(errno)?;
+        let mut sent = offset;
         // Small reads: a reply holds a few dozen entries, and the rest would be read again by
         // the next request.
         let mut buf = vec![0u64; 512];
@@ -1397,22 +1433,27 @@ impl Shared {
                     buf.len() * 8,
                 )
             };
-            let n = sys::last_errno_isize(n as isize).map_err(errno)?;
+            let n = match sys::last_errno_isize(n as isize) {
+                Ok(n) => n,
+                Err(NixErrno::ENOENT) => return Ok(()),
+                Err(e) => return Err(errno(e)),
+            };
             if n == 0 {
+                self.keep_dir_cursor(node.id, sent, fd);
                 return Ok(());
             }
             // SAFETY: the first n bytes were written by the kernel; u64 to u8 is always valid.
             let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
             let mut pos = 0;
             while pos + 19 < bytes.len() {
-                let d_ino = u64::from_ne_bytes(bytes[pos..pos + 8].try_into().unwrap_or_default());
-                let d_off =
-                    u64::from_ne_bytes(bytes[pos + 8..pos + 16].try_into().unwrap_or_default());
-                let reclen =
-                    u16::from_ne_bytes(bytes[pos + 16..pos + 18].try_into().unwrap_or_default())
-                        as usize;
+                let field = |at: usize, len: usize| {
+                    let mut v = [0u8; 8];
+                    v[..len].copy_from_slice(&bytes[pos + at..pos + at + len]);
+                    u64::from_ne_bytes(v)
+                };
+                let (d_ino, d_off, reclen) = (field(0, 8), field(8, 8), field(16, 2) as usize);
                 let d_type = bytes[pos + 18];
-                if reclen == 0 || pos + reclen > bytes.len() {
+                if reclen < 20 || pos + reclen > bytes.len() {
                     return Err(Errno::EIO);
                 }
                 let raw = &bytes[pos + 19..pos + reclen];
@@ -1421,6 +1462,7 @@ impl Shared {
                 );
                 pos += reclen;
                 if is_root && name.as_bytes() == STORE_DIR.as_bytes() {
+                    sent = d_off;
                     continue;
                 }
                 let fmt = match d_type {
@@ -1432,16 +1474,37 @@ impl Shared {
                     libc::DT_BLK => libc::S_IFBLK,
                     libc::DT_REG => libc::S_IFREG,
                     // A filesystem that does not say: ask it.
-                    _ => match nix::sys::stat::fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                        Ok(st) => st.st_mode & libc::S_IFMT,
-                        Err(_) => continue,
-                    },
+                    _ => {
+                        match nix::sys::stat::fstatat(
+                            fd.as_fd(),
+                            name,
+                            AtFlags::AT_SYMLINK_NOFOLLOW,
+                        ) {
+                            Ok(st) => st.st_mode & libc::S_IFMT,
+                            Err(_) => {
+                                sent = d_off;
+                                continue;
+                            }
+                        }
+                    }
                 };
-                if add(d_ino, d_off, fmt, name) {
+                if add(fd.as_fd(), d_ino, d_off, fmt, name) {
+                    // The kernel asks for the rest from `sent`: through this descriptor then.
+                    self.keep_dir_cursor(node.id, sent, fd);
                     return Ok(());
                 }
+                sent = d_off;
             }
         }
+    }
+
+    /// Keep `fd` as the descriptor directory `id`'s listing goes on through.
+    fn keep_dir_cursor(&self, id: u64, next: u64, fd: OwnedFd) {
+        let mut c = self.dir_cursors.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= DIR_CURSORS_MAX {
+            c.clear();
+        }
+        c.insert(id, (next, fd));
     }
 
     /// An append-only handle of `node` about to open: count it as a direct handle and return
@@ -1706,7 +1769,17 @@ impl Filesystem for SaferootFs {
             let node = s.node(ino)?;
             let st = match fh.and_then(|fh| s.file(fh).ok()) {
                 Some(f) => nix::sys::stat::fstat(f.fd.as_fd()).map_err(errno)?,
-                None => s.stat_node(&node)?,
+                None => match s.stat_node(&node) {
+                    // A directory removed through the mount, still open somewhere.
+                    Err(Errno::ESTALE) => {
+                        let kept = node.removed.lock().unwrap_or_else(|p| p.into_inner());
+                        match kept.as_ref() {
+                            Some(fd) => nix::sys::stat::fstat(fd.as_fd()).map_err(errno)?,
+                            None => return Err(Errno::ESTALE),
+                        }
+                    }
+                    r => r?,
+                },
             };
             Ok::<_, Errno>(s.attr(node.id, &st, Some(&node)))
         })();
@@ -1977,9 +2050,27 @@ impl Filesystem for SaferootFs {
         let r = (|| {
             let (pfd, rel, st) = s.entry(parent, name)?;
             s.refuse_protected(req, &rel, "rmdir", true)?;
+            let known = s
+                .table
+                .known(st.st_dev, st.st_ino)
+                .and_then(|id| s.table.get(id).ok());
+            let keep = known.as_ref().and_then(|_| {
+                nix::fcntl::openat(
+                    pfd.fd(),
+                    name,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()
+            });
             nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)
                 .map_err(errno)?;
             s.dirs_moved();
+            if let (Some(n), Some(fd)) = (known, keep) {
+                if nix::sys::stat::fstat(fd.as_fd()).is_ok_and(|k| k.st_ino == st.st_ino) {
+                    *n.removed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fd);
+                }
+            }
             if !s.is_scratch(&rel, true) {
                 s.journal(
                     req,
@@ -2411,13 +2502,9 @@ impl Filesystem for SaferootFs {
     ) {
         let s = &self.shared;
         let r = (|| {
-            let fd = s.dir_fd(&*s.node(ino)?)?;
-            s.read_dir_at(
-                fd.as_fd(),
-                ino.0 == ROOT_ID,
-                offset,
-                |d_ino, off, fmt, name| reply.add(INodeNo(d_ino), off, file_type(fmt), name),
-            )
+            s.read_dir_at(&*s.node(ino)?, offset, |_, d_ino, off, fmt, name| {
+                reply.add(INodeNo(d_ino), off, file_type(fmt), name)
+            })
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -2436,9 +2523,7 @@ impl Filesystem for SaferootFs {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
-            let fd = s.dir_fd(&node)?;
-            let dirfd = fd.as_fd();
-            s.read_dir_at(dirfd, ino.0 == ROOT_ID, offset, |d_ino, off, fmt, name| {
+            s.read_dir_at(&node, offset, |dirfd, d_ino, off, fmt, name| {
                 let b = name.as_bytes();
                 if b == b"." || b == b".." {
                     // Node id 0: the kernel lists the name without caching an entry for it.
@@ -2492,7 +2577,12 @@ impl Filesystem for SaferootFs {
         reply: ReplyEmpty,
     ) {
         let s = &self.shared;
-        let r = s.node(ino).and_then(|n| s.dir_fd(&n)).and_then(|fd| {
+        let r = match s.node(ino).and_then(|n| s.dir_fd(&n)) {
+            // Removed meanwhile (a descriptor kept across rmdir): nothing to write.
+            Err(Errno::ESTALE) | Err(Errno::ENOENT) => return reply.ok(),
+            r => r,
+        };
+        let r = r.and_then(|fd| {
             if datasync {
                 nix::unistd::fdatasync(fd.as_fd()).map_err(errno)
             } else {

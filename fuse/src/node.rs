@@ -71,6 +71,10 @@ pub struct Node {
     /// session and must keep a pre-image even though `writers` is not 0. Changed under the
     /// `writers` lock.
     pub session_closed: AtomicBool,
+    /// An `O_PATH` descriptor of a directory removed through the mount while the kernel still
+    /// knew it: its handle no longer opens, and `fstat` of a descriptor kept across the
+    /// `rmdir` must still work.
+    pub removed: Mutex<Option<OwnedFd>>,
     /// A directory's project-relative path, with the `Shared::dir_gen` it was read under.
     pub rel: Mutex<Option<(u64, std::path::PathBuf)>>,
     /// An `O_PATH` descriptor of the object, kept while the node is among the recently used
@@ -180,6 +184,7 @@ impl Table {
                 direct: std::sync::atomic::AtomicUsize::new(0),
                 opath: Mutex::new(None),
                 rel: Mutex::new(None),
+                removed: Mutex::new(None),
                 writers: Mutex::new(Writers::default()),
                 no_caps: AtomicBool::new(false),
                 session_closed: AtomicBool::new(false),
@@ -370,6 +375,7 @@ impl Table {
             direct: std::sync::atomic::AtomicUsize::new(0),
             opath: Mutex::new(None),
             rel: Mutex::new(None),
+            removed: Mutex::new(None),
             writers: Mutex::new(Writers::default()),
             no_caps: AtomicBool::new(false),
             session_closed: AtomicBool::new(false),

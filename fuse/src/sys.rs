@@ -8,6 +8,7 @@
 use nix::errno::Errno;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 pub type SysResult<T> = Result<T, Errno>;
 
@@ -151,6 +152,41 @@ pub fn caller_has_cap(pid: u32, cap: u32) -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|caps| cap < 64 && caps & (1u64 << cap) != 0)
+}
+
+/// `rel` below `dir`, opened `O_PATH`, refusing (`ELOOP`/`EXDEV`) to follow any symlink or to
+/// leave `dir` on the way (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
+pub fn open_beneath(dir: BorrowedFd<'_>, rel: &std::path::Path) -> nix::Result<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_XDEV: u64 = 0x01;
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    const RESOLVE_BENEATH: u64 = 0x08;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV,
+    };
+    let path = CString::new(rel.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: openat2 reads the path and `how` (of the size given) and returns a new fd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
 }
 
 /// `CAP_FSETID`: keeps set-user-ID and set-group-ID bits on write, truncate and chmod.

@@ -195,6 +195,14 @@ pub struct Record {
     /// blake3 (hex) of content kept in `objects/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
+    /// For an `unlink` of one of two names that kept nothing: the other name, which held the
+    /// same file (`ino`) at that instant.
+    #[serde(
+        with = "relpath::opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub peer: Option<PathBuf>,
     /// Symlink target for `symlink` records.
     #[serde(
         with = "relpath::opt",
@@ -239,6 +247,7 @@ impl Record {
             links: None,
             trash: None,
             object: None,
+            peer: None,
             target: None,
             target_t: None,
             note: None,

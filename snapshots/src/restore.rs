@@ -667,7 +667,6 @@ fn find_removal(store: &Store, past: &Past, live: &Tree, p: &Path) -> Result<Rem
         tree: live.clone(),
         mismatches: 0,
         skipped: 0,
-        by_ino: None,
     };
     let recs = &past.records;
     for i in (0..recs.len()).rev() {
@@ -783,7 +782,6 @@ fn trees_at(
         tree: live.clone(),
         mismatches: 0,
         skipped: 0,
-        by_ino: None,
     };
     let mut next = past.records.len();
     let mut out: Vec<Option<(Tree, Vec<String>)>> = vec![None; instants.len()];
@@ -1161,9 +1159,6 @@ struct Rollback<'a> {
     mismatches: usize,
     /// Records with paths that are absolute, contain `..`, or lack a needed second path.
     skipped: usize,
-    /// A path of each inode number in `tree`, built when first needed and checked on use
-    /// (rebuilt when it no longer holds).
-    by_ino: Option<HashMap<u64, PathBuf>>,
 }
 
 impl Rollback<'_> {
@@ -1373,48 +1368,25 @@ impl Rollback<'_> {
         Ok(())
     }
 
-    /// A regular file entry of `tree` with inode `ino` (not Unknown).
-    fn file_with_ino(&mut self, ino: u64) -> Option<Entry> {
-        let valid = |tree: &Tree, p: &PathBuf| {
-            tree.get(p)
-                .filter(|e| e.ino == ino && e.kind == Kind::File && !e.unknown())
-                .cloned()
-        };
-        if let Some(e) = self
-            .by_ino
-            .as_ref()
-            .and_then(|m| m.get(&ino))
-            .and_then(|p| valid(&self.tree, p))
-        {
-            return Some(e);
-        }
-        let index: HashMap<u64, PathBuf> = self
-            .tree
-            .iter()
-            .filter(|(_, e)| e.ino != 0 && e.kind == Kind::File && !e.unknown())
-            .map(|(p, e)| (e.ino, p.clone()))
-            .collect();
-        let found = index.get(&ino).and_then(|p| valid(&self.tree, p));
-        self.by_ino = Some(index);
-        found
-    }
-
     /// Put at `p` what was there before `r` removed or replaced it (its trash item or object),
     /// or an Unknown entry if the record kept nothing.
     fn bring_back(&mut self, p: &Path, r: &Record) -> Result<()> {
         let when = format_utc(r.t);
         // One of two names of a file, removed while the other still named it: nothing was
         // kept, the content is the other name's at that instant.
-        if r.op == Op::Unlink
-            && r.trash.is_none()
-            && r.object.is_none()
-            && r.kind == Some(Kind::File)
-            && r.links.is_some_and(|l| l > 1)
-        {
-            let found = r
-                .ino
-                .filter(|&i| i != 0)
-                .and_then(|i| self.file_with_ino(i));
+        if r.op == Op::Unlink && r.trash.is_none() && r.object.is_none() && r.peer.is_some() {
+            // The other name as it was at that instant (the walk back has undone every later
+            // change), if it still held the same file there.
+            let found = self.path(r.peer.as_deref()).and_then(|peer| {
+                self.tree
+                    .get(&peer)
+                    .filter(|e| {
+                        e.kind == Kind::File
+                            && !e.unknown()
+                            && (e.ino == 0 || r.ino.is_none_or(|i| i == 0 || i == e.ino))
+                    })
+                    .cloned()
+            });
             let n = match found {
                 Some(mut n) => {
                     n.perm = r.mode.map_or(n.perm, |m| m & 0o7777);
