@@ -85,6 +85,16 @@ print(attempt(lambda: os.close(os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600))))
 import tempfile
 with tempfile.TemporaryFile(dir=".") as f:
     f.write(b"x"); f.seek(0); print(f.read().decode())
+with open("sgid", "wb") as f:
+    f.write(b"0123")
+os.chown("sgid", 0, 100)
+os.chmod("sgid", 0o2767)
+if os.fork() == 0:
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    fd = os.open("sgid", os.O_WRONLY); os.pwrite(fd, b"X", 0); os.close(fd)
+    os._exit(0)
+os.wait()
+print(oct(os.stat("sgid").st_mode & 0o7777))
 "#;
 
 #[test]
@@ -94,10 +104,10 @@ fn the_documented_differences_are_exactly_these() {
     }
     let run = |dir: &Path| python(&["-c".as_ref(), KNOWN.as_ref()], dir);
     let native = Project::empty();
-    assert_eq!(run(native.dir()), "ok\nok\nx\n");
+    assert_eq!(run(native.dir()), "ok\nok\nx\n0o767\n");
     let p = Project::empty();
     p.mount();
     // 95 is EOPNOTSUPP, which Python names ENOTSUP (the same number on Linux).
-    assert_eq!(run(p.dir()), "EACCES\nENOTSUP\nx\n");
+    assert_eq!(run(p.dir()), "EACCES\nENOTSUP\nx\n0o2767\n");
     p.umount();
 }

@@ -220,6 +220,10 @@ print('removed', os.listdir(g), os.fsync(g))
         std::fs::create_dir_all(o.path().join(d)).unwrap();
     }
     std::fs::write(o.path().join("lower/proj/dd/lowfile"), b"").unwrap();
+    std::fs::create_dir_all(o.path().join("lower/proj/big")).unwrap();
+    for i in 0..1500 {
+        std::fs::write(o.path().join(format!("lower/proj/big/l{i:04}")), b"").unwrap();
+    }
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         o.path().join("lower").display(),
@@ -247,6 +251,38 @@ print('removed', os.listdir(g), os.fsync(g))
     let pr = proj.to_str().unwrap();
     assert_ok(&saferoot(&["-C", pr, "mount"]));
     let through = run(&proj);
+    // Two processes listing one directory again and again while a third adds and removes
+    // other names: each listing holds every unchanged name exactly once.
+    let concurrent = r#"
+import os, multiprocessing as mp
+for i in range(500):
+    open('big/f%04d' % i, 'w').close()
+want = {'f%04d' % i for i in range(500)} | {'l%04d' % i for i in range(1500)}
+def churn(stop):
+    i = 0
+    while not stop.is_set():
+        p = 'big/zz%d' % (i % 50)
+        open(p, 'w').close(); os.unlink(p); i += 1
+def lister(q):
+    bad = 0
+    for _ in range(25):
+        names = [n for n in os.listdir('big') if not n.startswith('zz')]
+        if len(names) != len(want) or set(names) != want:
+            bad += 1
+    q.put(bad)
+stop, q = mp.Event(), mp.Queue()
+c = mp.Process(target=churn, args=(stop,)); c.start()
+ls = [mp.Process(target=lister, args=(q,)) for _ in range(3)]
+[p.start() for p in ls]; [p.join() for p in ls]
+stop.set(); c.join()
+print('bad listings', sum(q.get() for _ in ls))
+"#;
+    let listed = python(&["-c".as_ref(), concurrent.as_ref()], &proj);
     assert_ok(&saferoot(&["-C", pr, "umount"]));
     assert_eq!(through, want, "through the mount, on overlayfs");
+    assert_eq!(
+        listed.trim(),
+        "bad listings 0",
+        "concurrent listings on overlayfs"
+    );
 }

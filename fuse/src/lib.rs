@@ -147,6 +147,13 @@ pub struct Shared {
     /// requests goes on through one open directory, as it would natively: some filesystems
     /// (overlayfs) give offsets that mean something only to the descriptor that returned them.
     dir_cursors: Mutex<HashMap<u64, (u64, OwnedFd)>>,
+    /// Directories get open handles (OPENDIR answered, one descriptor per handle) instead:
+    /// the project is on overlayfs or FUSE, whose directory offsets mean something only to
+    /// the descriptor that returned them, and listings of one directory by two processes at
+    /// once must not share one.
+    dir_handles: bool,
+    /// The descriptors of open directory handles (`dir_handles`), by handle.
+    dirs: RwLock<HashMap<u64, Arc<Mutex<OwnedFd>>>>,
     /// Tells the kernel to drop cached attributes the daemon knows are stale; set by the
     /// daemon once the session exists.
     notifier: std::sync::OnceLock<fuser::Notifier>,
@@ -230,6 +237,11 @@ impl SaferootFs {
     /// paths are computed from what the kernel reports for descriptors under it.
     pub fn new(root: OwnedFd, store: Arc<Store>, opts: Options) -> std::io::Result<SaferootFs> {
         let root_prefix = sys::fd_path(root.as_fd())?;
+        const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+        const FUSE_MAGIC: i64 = 0x6573_5546;
+        let dir_handles = nix::sys::statfs::fstatfs(root.as_fd())
+            .map(|f| matches!(f.filesystem_type().0 as i64, OVERLAYFS_MAGIC | FUSE_MAGIC))
+            .unwrap_or(false);
         let table = Table::new(root)?;
         let indexer = Indexer::start(store.clone()).map_err(std::io::Error::other)?;
         Ok(SaferootFs {
@@ -247,6 +259,8 @@ impl SaferootFs {
                 link_peers: Mutex::new(HashMap::new()),
                 dir_gen: AtomicU64::new(0),
                 dir_cursors: Mutex::new(HashMap::new()),
+                dir_handles,
+                dirs: RwLock::new(HashMap::new()),
                 notifier: std::sync::OnceLock::new(),
                 guard: guard::Guard::default(),
             }),
@@ -1393,9 +1407,25 @@ impl Shared {
     fn read_dir_at(
         &self,
         node: &Node,
+        fh: FileHandle,
         offset: u64,
-        mut add: impl FnMut(BorrowedFd<'_>, u64, u64, u32, &OsStr) -> bool,
+        add: impl FnMut(BorrowedFd<'_>, u64, u64, u32, &OsStr) -> bool,
     ) -> Result<(), Errno> {
+        let handle = (fh.0 != 0)
+            .then(|| {
+                self.dirs
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&fh.0)
+                    .cloned()
+            })
+            .flatten();
+        if let Some(h) = handle {
+            let fd = h.lock().unwrap_or_else(|p| p.into_inner());
+            return self
+                .read_entries(fd.as_fd(), node.id == ROOT_ID, offset, add)
+                .map(|_| ());
+        }
         // Offset 0 starts a listing afresh; any other goes on through the descriptor of the
         // listing that gave it (the kernel may come back to an earlier offset than the last one
         // sent, when a change dropped its cached copy of the listing part-way through).
@@ -1416,9 +1446,23 @@ impl Shared {
                 Err(e) => return Err(e),
             },
         };
-        let is_root = node.id == ROOT_ID;
-        nix::unistd::lseek(fd.as_fd(), offset as i64, nix::unistd::Whence::SeekSet)
-            .map_err(errno)?;
+        let sent = self.read_entries(fd.as_fd(), node.id == ROOT_ID, offset, add)?;
+        // The kernel asks for the rest from `sent`, or comes back to an earlier offset: through
+        // this descriptor then.
+        self.keep_dir_cursor(node.id, sent, fd);
+        Ok(())
+    }
+
+    /// Entries of the open directory `fd` from `offset` to `add` (see [`Shared::read_dir_at`]);
+    /// returns the offset the kernel will ask for next.
+    fn read_entries(
+        &self,
+        fd: BorrowedFd<'_>,
+        is_root: bool,
+        offset: u64,
+        mut add: impl FnMut(BorrowedFd<'_>, u64, u64, u32, &OsStr) -> bool,
+    ) -> Result<u64, Errno> {
+        nix::unistd::lseek(fd, offset as i64, nix::unistd::Whence::SeekSet).map_err(errno)?;
         let mut sent = offset;
         // Small reads: a reply holds a few dozen entries, and the rest would be read again by
         // the next request.
@@ -1435,12 +1479,11 @@ impl Shared {
             };
             let n = match sys::last_errno_isize(n as isize) {
                 Ok(n) => n,
-                Err(NixErrno::ENOENT) => return Ok(()),
+                Err(NixErrno::ENOENT) => return Ok(sent),
                 Err(e) => return Err(errno(e)),
             };
             if n == 0 {
-                self.keep_dir_cursor(node.id, sent, fd);
-                return Ok(());
+                return Ok(sent);
             }
             // SAFETY: the first n bytes were written by the kernel; u64 to u8 is always valid.
             let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
@@ -1474,24 +1517,16 @@ impl Shared {
                     libc::DT_BLK => libc::S_IFBLK,
                     libc::DT_REG => libc::S_IFREG,
                     // A filesystem that does not say: ask it.
-                    _ => {
-                        match nix::sys::stat::fstatat(
-                            fd.as_fd(),
-                            name,
-                            AtFlags::AT_SYMLINK_NOFOLLOW,
-                        ) {
-                            Ok(st) => st.st_mode & libc::S_IFMT,
-                            Err(_) => {
-                                sent = d_off;
-                                continue;
-                            }
+                    _ => match nix::sys::stat::fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                        Ok(st) => st.st_mode & libc::S_IFMT,
+                        Err(_) => {
+                            sent = d_off;
+                            continue;
                         }
-                    }
+                    },
                 };
-                if add(fd.as_fd(), d_ino, d_off, fmt, name) {
-                    // The kernel asks for the rest from `sent`: through this descriptor then.
-                    self.keep_dir_cursor(node.id, sent, fd);
-                    return Ok(());
+                if add(fd, d_ino, d_off, fmt, name) {
+                    return Ok(sent);
                 }
                 sent = d_off;
             }
@@ -1704,13 +1739,12 @@ impl Filesystem for SaferootFs {
             // The kernel then handles POSIX ACLs like a local filesystem: it checks them and
             // drops its cached attributes when one is set, so a mode changed by an ACL is never
             // stale; setxattr journals that mode change.
-            | InitFlags::FUSE_POSIX_ACL
-            // The kernel then leaves set-id bits and file capabilities to the filesystem on
-            // write, truncate and chown (the real file's own filesystem does it for writes and
-            // chowns; truncate is done here, in setattr), and stops asking for
-            // security.capability before writes and for fresh attributes before every chown:
-            // four round trips less for each file tar unpacks.
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_POSIX_ACL;
+        // Not FUSE_HANDLE_KILLPRIV_V2: it would spare two round trips per file tar unpacks
+        // (a security.capability lookup and an attribute refresh before each chown), but the
+        // kernel then leaves dropping set-id bits to the filesystem, and passthrough writes,
+        // fallocate and copies run with the daemon's CAP_FSETID, which keeps them: a review
+        // found set-uid files written by other users keeping the bit.
         // Not FUSE_DIRECT_IO_ALLOW_MMAP: a shared mapping of a handle served with direct I/O
         // would go through a page cache the daemon's own writes (an appender's) do not keep
         // coherent, and writing back a stale page would zero appended bytes. Such a mapping
@@ -1832,7 +1866,21 @@ impl Filesystem for SaferootFs {
                     w.kept = true;
                 }
             }
-            if let Some(m) = mode {
+            if let Some(mut m) = mode {
+                // Only the owner (or a privileged caller) can chmod: a mode change from anyone
+                // else that only clears set-id bits is the kernel dropping them after a write.
+                // It keeps set-group-ID on a file that is not group-executable even when the
+                // writer is not in the file's group, which Linux drops natively: drop it too.
+                let cleared = before.st_mode & 0o7777 & !m;
+                if req.uid() != before.st_uid
+                    && m & 0o7777 & !(before.st_mode & 0o7777) == 0
+                    && cleared != 0
+                    && cleared & !(libc::S_ISUID | libc::S_ISGID) == 0
+                {
+                    if let Some(native) = set_id_bits_to_drop(req, &before) {
+                        m &= native | !0o7777;
+                    }
+                }
                 if node.fmt != libc::S_IFLNK {
                     // SAFETY: proc is a valid C string.
                     sys::last_errno(unsafe { libc::chmod(proc.as_ptr(), m & 0o7777) })
@@ -1858,9 +1906,10 @@ impl Filesystem for SaferootFs {
                             .map_err(errno)?;
                     }
                 }
-                // The kernel leaves this to the filesystem (FUSE_HANDLE_KILLPRIV_V2), and the
-                // daemon's own truncate keeps the bits: drop them as the kernel would for the
-                // caller.
+                // The kernel's own mode change for this (sent with the size) drops set-group-ID
+                // only when the file is group-executable; a caller outside the file's group
+                // loses it otherwise too, natively. Drop the bits as the kernel would for the
+                // caller (the daemon's own truncate keeps them).
                 if let Some(m) = set_id_bits_to_drop(req, &before) {
                     // SAFETY: proc is a valid C string.
                     sys::last_errno(unsafe { libc::chmod(proc.as_ptr(), m) }).map_err(errno)?;
@@ -2366,6 +2415,15 @@ impl Filesystem for SaferootFs {
         let r = (|| {
             let f = s.file(fh)?;
             s.keep_session(req, &f, offset)?;
+            // A write through the daemon (direct I/O) is not seen by the kernel's set-id
+            // handling of passthrough and cached writes: drop them here, as it would.
+            if let Ok(st) = nix::sys::stat::fstat(f.fd.as_fd()) {
+                if let Some(m) = set_id_bits_to_drop(req, &st) {
+                    nix::sys::stat::fchmod(f.fd.as_fd(), Mode::from_bits_truncate(m))
+                        .map_err(errno)?;
+                    s.stale_attributes(st_node_id(&s.table, &st));
+                }
+            }
             let mut done = 0;
             while done < data.len() {
                 let n = nix::sys::uio::pwrite(
@@ -2481,28 +2539,46 @@ impl Filesystem for SaferootFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let s = &self.shared;
         // Directories need no open handle: every READDIR reads the directory from the offset
         // it asks for (the backing filesystem's own cookies). With ENOSYS here, the kernel
         // sends neither OPENDIR nor RELEASEDIR again, for any directory, and keeps listings
         // in its cache across opens (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, its default then):
         // two round trips less for every directory a `find`, `git status` or `grep -r` opens.
         // It drops a listing itself when it changes the directory through the mount, and
-        // restore invalidates what it changes behind it.
-        reply.error(Errno::ENOSYS);
+        // restore invalidates what it changes behind it. On overlayfs and FUSE, whose offsets
+        // hold only for the descriptor that gave them, each open gets its own.
+        if !s.dir_handles {
+            return reply.error(Errno::ENOSYS);
+        }
+        let r = s.node(ino).and_then(|n| s.dir_fd(&n)).map(|fd| {
+            let fh = s.new_fh();
+            s.dirs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(Mutex::new(fd)));
+            fh
+        });
+        match r {
+            // Not FOPEN_CACHE_DIR: the kernel would share one cached listing between handles,
+            // and resume one handle's listing at an offset another handle's descriptor gave.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let s = &self.shared;
         let r = (|| {
-            s.read_dir_at(&*s.node(ino)?, offset, |_, d_ino, off, fmt, name| {
+            s.read_dir_at(&*s.node(ino)?, fh, offset, |_, d_ino, off, fmt, name| {
                 reply.add(INodeNo(d_ino), off, file_type(fmt), name)
             })
         })();
@@ -2516,14 +2592,14 @@ impl Filesystem for SaferootFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
-            s.read_dir_at(&node, offset, |dirfd, d_ino, off, fmt, name| {
+            s.read_dir_at(&node, fh, offset, |dirfd, d_ino, off, fmt, name| {
                 let b = name.as_bytes();
                 if b == b"." || b == b".." {
                     // Node id 0: the kernel lists the name without caching an entry for it.
@@ -2561,10 +2637,15 @@ impl Filesystem for SaferootFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.shared
+            .dirs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
         reply.ok();
     }
 
@@ -2963,6 +3044,11 @@ fn set_id_bits_to_drop(req: &Request, st: &FileStat) -> Option<u32> {
         kill |= libc::S_ISGID;
     }
     (kill != 0 && !sys::caller_has_cap(req.pid(), sys::CAP_FSETID)).then_some(mode & 0o7777 & !kill)
+}
+
+/// The node id of the object `st` is about, if the kernel knows it (0 otherwise).
+fn st_node_id(table: &Table, st: &FileStat) -> u64 {
+    table.known(st.st_dev, st.st_ino).unwrap_or(0)
 }
 
 fn zero_stat(fmt: u32) -> FileStat {
