@@ -2332,14 +2332,17 @@ impl Filesystem for SaferootFs {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(fh, file.clone());
-            Ok::<_, Errno>((node, file, fh))
+            Ok::<_, Errno>((node, file, fh, direct))
         })();
         match r {
-            Ok((node, file, fh)) => {
+            Ok((node, file, fh, appender)) => {
                 // A handle that cannot write has nothing to do at close(2) (no write session to
                 // end, no delayed write error; POSIX locks are the kernel's): spare the round
-                // trip of a FLUSH request on every close of a file opened for reading.
-                let noflush = if file.writer_of.is_none() {
+                // trip of a FLUSH request on every close of a file opened for reading. Nor
+                // has an append-only writer whose session kept nothing: its writes are done
+                // when they return, and its session ends when the kernel releases the handle
+                // (the shell's `>>` closes a duplicate first, which would end it early).
+                let noflush = if file.writer_of.is_none() || appender {
                     FopenFlags::FOPEN_NOFLUSH
                 } else {
                     FopenFlags::empty()
