@@ -237,10 +237,12 @@ impl SaferootFs {
     /// paths are computed from what the kernel reports for descriptors under it.
     pub fn new(root: OwnedFd, store: Arc<Store>, opts: Options) -> std::io::Result<SaferootFs> {
         let root_prefix = sys::fd_path(root.as_fd())?;
-        const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
-        const FUSE_MAGIC: i64 = 0x6573_5546;
         let dir_handles = nix::sys::statfs::fstatfs(root.as_fd())
-            .map(|f| matches!(f.filesystem_type().0 as i64, OVERLAYFS_MAGIC | FUSE_MAGIC))
+            .map(|f| {
+                let t = f.filesystem_type();
+                t == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC
+                    || t == nix::sys::statfs::FUSE_SUPER_MAGIC
+            })
             .unwrap_or(false);
         let table = Table::new(root)?;
         let indexer = Indexer::start(store.clone()).map_err(std::io::Error::other)?;
@@ -455,17 +457,7 @@ impl Shared {
             }
         } else if new_session && keep == Keep::Append {
             let st = self.stat_node(node)?;
-            self.journal(
-                req,
-                Record {
-                    kind: Some(Kind::File),
-                    mode: Some(st.st_mode),
-                    size: Some(st.st_size as u64),
-                    ino: Some(st.st_ino),
-                    links: (st.st_nlink > 1).then_some(st.st_nlink),
-                    ..Record::new(now_ns(), Op::Append, self.node_rel(node), 0, "")
-                },
-            );
+            self.journal(req, self.session_record(node, &st, Op::Append, None));
             w.kept = false;
             w.base = st.st_size as u64;
         } else if keep == Keep::Yes && (new_session || !w.kept) {
@@ -479,19 +471,22 @@ impl Shared {
     /// Keep the pre-image of `node` and journal it as the start of its write session.
     fn keep_preimage(&self, req: &Request, node: &Node) -> Result<(), Errno> {
         let (h, st) = self.preimage_node(node)?;
-        self.journal(
-            req,
-            Record {
-                kind: Some(Kind::File),
-                mode: Some(st.st_mode),
-                size: Some(st.st_size as u64),
-                ino: Some(st.st_ino),
-                links: (st.st_nlink > 1).then_some(st.st_nlink),
-                object: Some(h),
-                ..Record::new(now_ns(), Op::Write, self.node_rel(node), 0, "")
-            },
-        );
+        self.journal(req, self.session_record(node, &st, Op::Write, Some(h)));
         Ok(())
+    }
+
+    /// The `write` or `append` record that begins a write session of the file `node` (stat
+    /// `st` just before), with its pre-image `object` if one was kept.
+    fn session_record(&self, node: &Node, st: &FileStat, op: Op, object: Option<String>) -> Record {
+        Record {
+            kind: Some(Kind::File),
+            mode: Some(st.st_mode),
+            size: Some(st.st_size as u64),
+            ino: Some(st.st_ino),
+            links: (st.st_nlink > 1).then_some(st.st_nlink),
+            object,
+            ..Record::new(now_ns(), op, self.node_rel(node), 0, "")
+        }
     }
 
     /// The handle `file` is about to change bytes of the file it writes from offset `below`
@@ -1390,13 +1385,11 @@ impl Shared {
 
     /// The directory `node`, opened for reading.
     fn dir_fd(&self, node: &Node) -> Result<OwnedFd, Errno> {
-        match self
-            .table
+        self.table
             .open(node, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
             .map_err(errno)?
-        {
-            fd => fd.into_owned().map_err(|_| Errno::EMFILE),
-        }
+            .into_owned()
+            .map_err(|_| Errno::EMFILE)
     }
 
     /// The entries of the directory `node` from `offset` (0: the start; else the offset the
@@ -2293,9 +2286,7 @@ impl Filesystem for SaferootFs {
                         .open(&node, OFlag::from_bits_retain(raw | libc::O_APPEND)),
                     r => r,
                 };
-                let fd = match fd.map_err(errno)? {
-                    fd => fd.into_owned().map_err(|_| Errno::EMFILE)?,
-                };
+                let fd = fd.map_err(errno)?.into_owned().map_err(|_| Errno::EMFILE)?;
                 let writer_of = match keep {
                     Some(k) => {
                         s.begin_write(req, &node, k)?;
