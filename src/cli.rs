@@ -9,6 +9,7 @@ use saferoot_snapshots::{journal, restore, time, Op, Store};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +54,12 @@ pub enum Cmd {
         /// Detach even if processes still use DIR (the daemon serves them until they finish)
         #[arg(long)]
         lazy: bool,
+        /// Also when the daemon does not answer (stopped, stuck) or DIR is busy: the daemon is
+        /// asked to stop with SIGTERM, killed if it has not unmounted 5 s later, and the mount
+        /// detached; nothing is lost (the files never left DIR; what the daemon had not yet
+        /// journaled is recovered from the trash)
+        #[arg(long, conflicts_with = "lazy")]
+        force: bool,
     },
     /// Run CMD in DIR, mounted, inside the sandbox; exit with CMD's status
     #[command(after_help = RUN_HELP)]
@@ -263,15 +270,19 @@ pub fn main() -> i32 {
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Mount => {
-            let dir = resolve_dir(cli.dir.as_deref())?;
+            let dir = resolve_dir_recovering(cli.dir.as_deref())?;
             let (pid, _child) = mount(&dir)?;
             println!("saferoot: mounted {} (daemon pid {pid})", dir.display());
             warn_if_inside(&dir);
             Ok(0)
         }
-        Cmd::Umount { lazy } => {
+        Cmd::Umount { lazy, force } => {
             let dir = resolve_dir_for_umount(cli.dir.as_deref())?;
-            umount(&dir, lazy)?;
+            if force {
+                force_umount(&dir)?;
+            } else {
+                umount(&dir, lazy)?;
+            }
             println!("saferoot: unmounted {}", dir.display());
             Ok(0)
         }
@@ -287,7 +298,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             verbose,
             cmd,
         } => {
-            let dir = resolve_dir(cli.dir.as_deref())?;
+            let dir = resolve_dir_recovering(cli.dir.as_deref())?;
             let opts = crate::run::Options {
                 no_sandbox,
                 profile,
@@ -505,11 +516,7 @@ pub fn mount(dir: &Path) -> Result<(u32, Child)> {
         );
     }
     if mounts::saferoot_mounted(dir) {
-        bail!(
-            "{} has a saferoot mount whose daemon is gone; run `saferoot -C {} umount` first",
-            dir.display(),
-            dir.display()
-        );
+        recover_dead_mount(dir)?;
     }
     if let Some(outer) = dir
         .ancestors()
@@ -560,26 +567,7 @@ pub fn umount(dir: &Path, lazy: bool) -> Result<()> {
             if !mounts::saferoot_mounted(dir) {
                 bail!("{} is not mounted", dir.display());
             }
-            // The daemon died (crash or kill -9): the kernel mount is left dangling.
-            nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH)
-                .with_context(|| format!("unmount the dead mount at {}", dir.display()))?;
-            // Journal what the daemon moved to the trash but did not live to record.
-            if let Ok((store, _)) = open_store(dir) {
-                if let Ok(n) = saferoot_snapshots::recover::recover(&store) {
-                    if n > 0 {
-                        eprintln!(
-                            "saferoot: journaled {n} item(s) the daemon had moved to the trash \
-                             without recording them"
-                        );
-                    }
-                }
-            }
-            eprintln!(
-                "saferoot: the daemon for {} was gone; detached its mount (nothing is lost: \
-                 the trash and journal are in {}/.saferoot)",
-                dir.display(),
-                dir.display()
-            );
+            recover_dead_mount(dir)?;
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -597,6 +585,97 @@ pub fn umount(dir: &Path, lazy: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// The daemon of the saferoot mount at `dir` died (crash or kill -9) and left the kernel mount
+/// dangling: detach it, and journal what the daemon moved to the trash but did not live to
+/// record. Nothing is lost: the files never left the real directory and its store.
+fn recover_dead_mount(dir: &Path) -> Result<()> {
+    nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH)
+        .with_context(|| format!("unmount the dead mount at {}", dir.display()))?;
+    if let Ok((store, _)) = open_store(dir) {
+        if let Ok(n) = saferoot_snapshots::recover::recover(&store) {
+            if n > 0 {
+                eprintln!(
+                    "saferoot: journaled {n} item(s) the daemon had moved to the trash without \
+                     recording them"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "saferoot: the daemon for {} was gone; detached its mount (nothing is lost: the trash \
+         and journal are in {}/.saferoot)",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `umount --force`: stop the daemon of `dir` by signal (SIGTERM, then SIGKILL after 5 s)
+/// without asking it anything, then detach what is left and recover the journal.
+fn force_umount(dir: &Path) -> Result<()> {
+    if !mounts::saferoot_mounted(dir) {
+        bail!("{} is not mounted", dir.display());
+    }
+    let pids = daemon_pids(dir);
+    let signal = |sig| {
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    };
+    let alive = |pids: &[i32]| {
+        pids.iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    };
+    // A stopped daemon must run to handle SIGTERM.
+    signal(nix::sys::signal::Signal::SIGTERM);
+    signal(nix::sys::signal::Signal::SIGCONT);
+    // It unmounts, takes its last snapshot and journals `umount`: give it 5 s for all that.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (mounts::saferoot_mounted(dir) || alive(&pids)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if mounts::saferoot_mounted(dir) || alive(&pids) {
+        signal(nix::sys::signal::Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(&pids) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if mounts::saferoot_mounted(dir) {
+        recover_dead_mount(dir)?;
+    }
+    Ok(())
+}
+
+/// The processes serving `dir` as its daemon (`saferoot __daemon DIR`), from `/proc`.
+fn daemon_pids(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+                args.len() >= 3
+                    && args[1] == b"__daemon"
+                    && Path::new(std::ffi::OsStr::from_bytes(args[2])) == dir
+            })
+        })
+        .collect()
+}
+
+/// Like [`resolve_dir`], for `mount` and `run`: a saferoot mount whose daemon is gone is
+/// recovered first ([`recover_dead_mount`]), so that they can mount afresh.
+fn resolve_dir_recovering(dir: Option<&Path>) -> Result<PathBuf> {
+    let abs = resolve_dir_for_umount(dir)?;
+    if mounts::saferoot_mounted(&abs) && control::connect(&abs)?.is_none() {
+        recover_dead_mount(&abs)?;
+    }
+    resolve_dir(Some(&abs))
 }
 
 /// The store of `dir`, reached through the daemon's descriptor when mounted.

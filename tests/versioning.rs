@@ -1243,3 +1243,114 @@ fn a_second_name_is_trusted_only_as_that_name() {
     }
     p.umount();
 }
+
+/// Issue 6, test 2: `kill -9` of the daemon with the directory mounted. The next
+/// `saferoot run -- true` notices the dead mount, recovers it and succeeds; so does the next
+/// `saferoot mount`. Nothing in the tree or the store is lost: the tree is byte for byte what
+/// it was through the mount, and restore still brings back what was removed and overwritten.
+#[test]
+fn a_dead_daemon_is_recovered_by_run_and_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::source_tree();
+    let d = p.dir().to_str().unwrap().to_owned();
+    // Run from outside the project: inside a dead mount not even the working directory works.
+    let cli = |args: &[&str]| {
+        Command::new(bin())
+            .args(["-C", &d])
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    assert_ok(&cli(&["mount"]));
+    let before = digest(p.dir());
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    assert_ok(&p.sh("rm -r docs && echo changed > Cargo.toml && mv README.md README.old"));
+    let changed = digest(p.dir());
+    for round in ["run", "mount"] {
+        kill_daemon(daemon_pid(&p));
+        assert!(is_mounted(p.dir()), "the dead mount is still there");
+        let o = if round == "run" {
+            cli(&["run", "--", "true"])
+        } else {
+            cli(&["mount"])
+        };
+        assert_ok(&o);
+        assert!(
+            stderr(&o).contains("was gone; detached its mount"),
+            "{}",
+            stderr(&o)
+        );
+        if round == "run" {
+            // run unmounts what it mounted: the real directory holds what the mount showed.
+            assert!(!is_mounted(p.dir()));
+            assert_same_tree(&changed, &digest(p.dir()));
+            assert_ok(&cli(&["mount"]));
+        }
+        assert_same_tree(&changed, &digest(p.dir()));
+    }
+    assert_ok(&cli(&["restore", &t0]));
+    assert_same_tree(&before, &digest(p.dir()));
+    assert_ok(&cli(&["umount"]));
+    assert_same_tree(&before, &digest(p.dir()));
+}
+
+/// `umount --force` unmounts a directory whose daemon does not answer (stopped with SIGSTOP)
+/// and one that a process is still using; nothing is lost, and the next mount works.
+#[test]
+fn umount_force_handles_a_stuck_daemon_and_a_busy_directory() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::source_tree();
+    let d = p.dir().to_str().unwrap().to_owned();
+    let cli = |args: &[&str]| {
+        Command::new(bin())
+            .args(["-C", &d])
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    assert_ok(&cli(&["mount"]));
+    assert_ok(&p.sh("rm -r src && echo new > added.txt"));
+    let changed = digest(p.dir());
+    // Stuck: the daemon is stopped and answers nothing.
+    let pid = daemon_pid(&p);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let started = Instant::now();
+    assert_ok(&cli(&["umount", "--force"]));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!is_mounted(p.dir()));
+    assert_same_tree(&changed, &digest(p.dir()));
+    // Busy: a process keeps its working directory inside.
+    assert_ok(&cli(&["mount"]));
+    let mut busy = Command::new("sleep")
+        .arg("30")
+        .current_dir(p.dir())
+        .spawn()
+        .unwrap();
+    let plain = cli(&["umount"]);
+    assert!(
+        !plain.status.success(),
+        "a plain umount of a busy directory fails"
+    );
+    assert_ok(&cli(&["umount", "--force"]));
+    assert!(!is_mounted(p.dir()));
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert_same_tree(&changed, &digest(p.dir()));
+    // Nothing lost: what was removed comes back.
+    assert_ok(&cli(&["mount"]));
+    assert_ok(&cli(&["undelete", "src"]));
+    assert!(p.dir().join("src/lib.rs").exists());
+    assert_ok(&cli(&["umount"]));
+}
