@@ -172,7 +172,11 @@ pub enum Cmd {
         paths: Vec<PathBuf>,
     },
     /// Say whether DIR is mounted and how much history its store holds
-    Status,
+    Status {
+        /// One JSON object instead of text (fields in docs/user-guide.md)
+        #[arg(long)]
+        json: bool,
+    },
     /// Record the whole tree now (path, type, mode, size, mtime, blake3) as snapshot N (`@N`)
     #[command(
         after_help = "Snapshots are also taken at every mount and unmount. Unchanged files are \
@@ -354,9 +358,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let dir = resolve_dir(cli.dir.as_deref())?;
             crate::history_cmd::undelete(&dir, &paths)
         }
-        Cmd::Status => {
+        Cmd::Status { json } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
-            status(&dir)
+            if json {
+                status_json(&dir)
+            } else {
+                status(&dir)
+            }
         }
         Cmd::Snapshot => {
             let dir = resolve_dir(cli.dir.as_deref())?;
@@ -972,14 +980,24 @@ fn status(dir: &Path) -> Result<i32> {
     }
     match open_store(dir) {
         Ok((store, _)) => {
-            let (recs, _) = journal::read(store.dir(), store.dir_path())?;
-            let first = recs.iter().map(|r| r.t).min();
+            let h = History::of(&store)?;
             println!(
                 "history: {} journal record(s){}",
-                recs.len(),
-                first
+                h.records,
+                h.first
                     .map(|t| format!(", since {}", time::format_utc(t)))
                     .unwrap_or_default()
+            );
+            println!(
+                "store: {} ({} in {} trash file(s), {} in {} object(s), journal {}); {} \
+                 restorable deletion(s); nothing is collected yet (no retention policy)",
+                human_bytes(h.trash_bytes + h.object_bytes + h.journal_bytes),
+                human_bytes(h.trash_bytes),
+                h.trash_files,
+                human_bytes(h.object_bytes),
+                h.objects,
+                human_bytes(h.journal_bytes),
+                h.deletions
             );
         }
         Err(e) => println!("history: {e:#}"),
@@ -991,6 +1009,129 @@ fn status(dir: &Path) -> Result<i32> {
         ),
         None => println!("sandbox on this kernel: no Landlock (`run` needs --no-sandbox)"),
     }
+    Ok(0)
+}
+
+/// What a store holds, for `status`.
+struct History {
+    records: usize,
+    first: Option<i64>,
+    /// `unlink` and `rmdir` records: each a removal a restore can undo.
+    deletions: usize,
+    trash_files: u64,
+    trash_bytes: u64,
+    objects: u64,
+    object_bytes: u64,
+    journal_bytes: u64,
+}
+
+impl History {
+    fn of(store: &Store) -> Result<History> {
+        let (recs, _) = journal::read(store.dir(), store.dir_path())?;
+        // Sizes are what the files take on disk (holes take nothing), read through the store's
+        // own descriptor (the store is hidden under the mount).
+        let root = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&store.dir())
+        ));
+        let walk = |sub: &str| {
+            walkdir::WalkDir::new(root.join(sub))
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| !e.file_type().is_dir())
+                .filter_map(|e| e.metadata().ok())
+                .fold((0u64, 0u64), |(n, b), m| {
+                    (n + 1, b + std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                })
+        };
+        let (trash_files, trash_bytes) = walk("trash");
+        let (objects, object_bytes) = walk("objects");
+        let journal_bytes = std::fs::metadata(root.join("journal"))
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+        Ok(History {
+            records: recs.len(),
+            first: recs.iter().map(|r| r.t).min(),
+            deletions: recs
+                .iter()
+                .filter(|r| matches!(r.op, journal::Op::Unlink | journal::Op::Rmdir))
+                .count(),
+            trash_files,
+            trash_bytes,
+            objects,
+            object_bytes,
+            journal_bytes,
+        })
+    }
+}
+
+/// 1536 → "1.5 KiB".
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// `status --json`: the same facts as one JSON object.
+fn status_json(dir: &Path) -> Result<i32> {
+    let daemon = control::status(dir)?;
+    let dead = daemon.is_none() && mounts::saferoot_mounted(dir);
+    let (store, history) = match open_store(dir) {
+        Ok((store, _)) => {
+            let h = History::of(&store)?;
+            (
+                serde_json::json!({
+                    "trash_files": h.trash_files,
+                    "trash_bytes": h.trash_bytes,
+                    "objects": h.objects,
+                    "object_bytes": h.object_bytes,
+                    "journal_bytes": h.journal_bytes,
+                    "total_bytes": h.trash_bytes + h.object_bytes + h.journal_bytes,
+                }),
+                serde_json::json!({
+                    "journal_records": h.records,
+                    "restorable_deletions": h.deletions,
+                    "oldest_restorable": h.first.map(time::format_utc),
+                }),
+            )
+        }
+        Err(e) => (
+            serde_json::Value::Null,
+            serde_json::json!({ "error": format!("{e:#}") }),
+        ),
+    };
+    let v = serde_json::json!({
+        "dir": dir.to_string_lossy(),
+        "mounted": daemon.is_some() || dead,
+        "daemon": daemon.as_ref().map(|r| serde_json::json!({
+            "pid": r.pid,
+            "since": r.started_ns.map(time::format_utc),
+        })),
+        "daemon_gone": dead,
+        "sessions": daemon.as_ref().map(|r| r.sessions.iter().map(|s| serde_json::json!({
+            "pid": s.pid,
+            "since": time::format_utc(s.session),
+            "command": s.cmd,
+            "sandboxed": s.sandboxed,
+            "profile": s.profile,
+            "enforced": s.features,
+        })).collect::<Vec<_>>()).unwrap_or_default(),
+        "store": store,
+        "history": history,
+        "retention": serde_json::Value::Null,
+        "sandbox_on_this_kernel": crate::sandbox::landlock_abi()
+            .map(crate::sandbox::features_for_abi),
+    });
+    println!("{v}");
     Ok(0)
 }
 

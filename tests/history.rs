@@ -347,3 +347,51 @@ fn log_shows_the_history_of_a_path_since_a_time() {
     assert_one_line_error(&o, "whenever");
     p.umount();
 }
+
+/// `status --json` (issue 6): mounted by which daemon, what the store holds (trash files and
+/// objects counted on disk), how many deletions a restore can undo, since when; and the same
+/// for an unmounted directory.
+#[test]
+fn status_json_reports_the_daemon_and_the_store() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::create_dir_all(p.dir().join("d")).unwrap();
+    for i in 0..3 {
+        std::fs::write(p.dir().join(format!("d/f{i}")), vec![b'x'; 5000]).unwrap();
+    }
+    std::fs::write(p.dir().join("w"), b"old").unwrap();
+    p.mount();
+    assert_ok(&p.sh("rm -r d && echo new > w"));
+    let json = |p: &Project| -> serde_json::Value {
+        let o = p.run(&["status", "--json"]);
+        assert_ok(&o);
+        serde_json::from_str(&stdout(&o)).expect("status --json is one JSON object")
+    };
+    let v = json(&p);
+    let status = stdout(&p.run(&["status"]));
+    let pid = v["daemon"]["pid"].as_u64().unwrap();
+    assert!(status.contains(&format!("daemon pid {pid}")), "{status}");
+    assert_eq!(v["mounted"], true);
+    assert_eq!(v["daemon_gone"], false);
+    assert_eq!(v["store"]["trash_files"], 3);
+    assert!(v["store"]["trash_bytes"].as_u64().unwrap() >= 3 * 4096);
+    assert_eq!(v["store"]["objects"], 1, "the overwritten file's old bytes");
+    assert!(v["store"]["journal_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["history"]["restorable_deletions"], 4,
+        "three files and the directory"
+    );
+    let first = v["history"]["oldest_restorable"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(first.ends_with('Z'));
+    p.umount();
+    let v = json(&p);
+    assert_eq!(v["mounted"], false);
+    assert!(v["daemon"].is_null());
+    assert_eq!(v["store"]["trash_files"], 3);
+    assert_eq!(v["history"]["oldest_restorable"], first.as_str());
+}
