@@ -186,6 +186,13 @@ tree costs about a `stat` of every entry."
     Snapshot,
     /// List the snapshots: number (`@N`), time, why it was taken, entries and bytes
     Snapshots,
+    /// Print a completion script for SHELL (e.g. `saferoot completions bash > /etc/bash_completion.d/saferoot`)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, made from this help (e.g. `saferoot man | man -l -`)
+    Man,
     /// (internal) the mount daemon
     #[command(name = "__daemon", hide = true)]
     Daemon { dir: PathBuf },
@@ -373,6 +380,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Snapshots => {
             let dir = resolve_dir(cli.dir.as_deref())?;
             crate::snapshot_cmd::snapshots(&dir)
+        }
+        Cmd::Completions { shell } => {
+            let mut cmd = public_command();
+            clap_complete::generate(shell, &mut cmd, "saferoot", &mut std::io::stdout());
+            Ok(0)
+        }
+        Cmd::Man => {
+            clap_mangen::Man::new(public_command())
+                .render(&mut std::io::stdout())
+                .context("write the manual page")?;
+            Ok(0)
         }
         Cmd::Daemon { .. } => unreachable!("handled in main"),
     }
@@ -618,6 +636,26 @@ fn recover_dead_mount(dir: &Path) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// The command line as users see it, for completions and the manual page: without the hidden
+/// internal subcommands (clap_complete would offer them).
+fn public_command() -> clap::Command {
+    let full = <Cli as clap::CommandFactory>::command();
+    let mut c = clap::Command::new("saferoot")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(a) = full.get_about() {
+        c = c.about(a.clone());
+    }
+    if let Some(a) = full.get_long_about() {
+        c = c.long_about(a.clone());
+    }
+    if let Some(a) = full.get_after_help() {
+        c = c.after_help(a.clone());
+    }
+    c
 }
 
 /// `umount --force`: stop the daemon of `dir` by signal (SIGTERM, then SIGKILL after 5 s)

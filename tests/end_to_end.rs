@@ -398,3 +398,66 @@ fn subdirectories_find_their_project() {
     assert_eq!(stderr(&o).lines().count(), 1);
     p.umount();
 }
+
+/// Shell completions and the manual page are made from the same definitions as `--help`
+/// (issue 6): the bash script parses and completes every subcommand, the manual page is roff
+/// that `man` can format and names them too.
+#[test]
+fn completions_and_manual_page_cover_every_subcommand() {
+    let run = |args: &[&str]| {
+        let o = saferoot(args);
+        assert_ok(&o);
+        stdout(&o)
+    };
+    let bash = run(&["completions", "bash"]);
+    let subcommands = [
+        "mount",
+        "umount",
+        "run",
+        "profile",
+        "denials",
+        "log",
+        "restore",
+        "diff",
+        "undelete",
+        "status",
+        "snapshot",
+        "snapshots",
+        "completions",
+        "man",
+    ];
+    for sub in subcommands {
+        assert!(
+            bash.contains(&format!("saferoot,{sub})")),
+            "bash completes {sub}"
+        );
+    }
+    assert!(
+        !bash.contains("__daemon"),
+        "the internal daemon command stays hidden"
+    );
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), &bash).unwrap();
+    let o = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(script.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "bash -n: {}", stderr(&o));
+    for shell in ["zsh", "fish"] {
+        assert!(run(&["completions", shell]).contains("restore"));
+    }
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.starts_with(".TH"),
+        "{}",
+        &man[..80.min(man.len())]
+    );
+    assert!(man.contains(".TH saferoot 1"));
+    for sub in subcommands {
+        assert!(man.contains(sub), "the manual page names {sub}");
+    }
+    let o = saferoot(&["completions", "tcsh"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("possible values"), "{}", stderr(&o));
+}
