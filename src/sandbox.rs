@@ -620,6 +620,37 @@ pub fn private_tmpdir(project_real: &Path) -> Result<PathBuf, SandboxError> {
     private_tmpdir_in(project_real, &candidates)
 }
 
+/// Remove the `saferoot-run.PID.XXXXXX` directories in `base` left by runs that were killed
+/// before they could remove their own: this user's, untouched for an hour (a `/tmp` shared with
+/// another PID namespace must not lose a live run's directory), and only when no process PID
+/// exists any more. (Removal never follows a symlink.)
+fn sweep_stale_tmpdirs(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TMPDIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let idle = |m: &fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|d| d > std::time::Duration::from_secs(3600))
+        };
+        let owned_dir = fs::symlink_metadata(e.path())
+            .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == me && idle(&m));
+        if owned_dir && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn private_tmpdir_in(project_real: &Path, candidates: &[PathBuf]) -> Result<PathBuf, SandboxError> {
     let project = project_real
         .canonicalize()
@@ -640,7 +671,11 @@ fn private_tmpdir_in(project_real: &Path, candidates: &[PathBuf]) -> Result<Path
             tried.push(format!("{}: inside the project", base.display()));
             continue;
         }
-        let dir = match nix::unistd::mkdtemp(&resolved.join(format!("{TMPDIR_PREFIX}XXXXXX"))) {
+        sweep_stale_tmpdirs(&resolved);
+        // The pid of this `saferoot run` in the name: a later run removes the directory if
+        // this one was killed (SIGKILL) before it could.
+        let template = format!("{TMPDIR_PREFIX}{}.XXXXXX", std::process::id());
+        let dir = match nix::unistd::mkdtemp(&resolved.join(template)) {
             Ok(d) => d,
             Err(e) => {
                 tried.push(format!("{}: {e}", base.display()));
@@ -1047,6 +1082,41 @@ mod tests {
         assert!(ok, "{} vs {}", dir.display(), canonical_project.display());
         assert_eq!(mode, 0o700);
         assert!(name.starts_with(TMPDIR_PREFIX), "{name}");
+    }
+
+    #[test]
+    fn tmpdirs_of_killed_runs_are_swept() {
+        let base = tempdir();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        let make = |name: &str, age: Option<std::time::SystemTime>| {
+            let d = base.path().join(name);
+            fs::create_dir(&d).unwrap();
+            fs::write(d.join("f"), b"x").unwrap();
+            if let Some(t) = age {
+                fs::File::open(&d).unwrap().set_modified(t).unwrap();
+            }
+            d
+        };
+        // pid_max is at most 2^22: 999999999 is never a process.
+        let dead_old = make(&format!("{TMPDIR_PREFIX}999999999.abcdef"), Some(old));
+        let dead_recent = make(&format!("{TMPDIR_PREFIX}999999999.recent"), None);
+        let alive = make(
+            &format!("{TMPDIR_PREFIX}{}.ghijkl", std::process::id()),
+            Some(old),
+        );
+        let unnamed = make(&format!("{TMPDIR_PREFIX}XYZ123"), Some(old));
+        let other = make("something-else.999999999", Some(old));
+        sweep_stale_tmpdirs(base.path());
+        assert!(
+            !dead_old.exists(),
+            "a killed run's old directory is removed"
+        );
+        assert!(dead_recent.exists(), "one touched within the hour stays");
+        assert!(alive.exists(), "a live run's directory stays");
+        assert!(
+            unnamed.exists() && other.exists(),
+            "anything not ours by name stays"
+        );
     }
 
     #[test]
