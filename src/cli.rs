@@ -185,7 +185,11 @@ tree costs about a `stat` of every entry."
     )]
     Snapshot,
     /// List the snapshots: number (`@N`), time, why it was taken, entries and bytes
-    Snapshots,
+    Snapshots {
+        /// One JSON object per line: {"n","time","t_ns","reason","entries","bytes"}
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a completion script for SHELL (e.g. `saferoot completions bash > /etc/bash_completion.d/saferoot`)
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -201,7 +205,11 @@ tree costs about a `stat` of every entry."
 #[derive(Subcommand, Debug)]
 pub enum ProfileCmd {
     /// Every profile: name, where it comes from, what it is for
-    List,
+    List {
+        /// One JSON object per line: {"name","origin","description"}
+        #[arg(long)]
+        json: bool,
+    },
     /// A profile with its `extends` chain applied, as TOML
     Show {
         #[arg(value_name = "NAME")]
@@ -377,9 +385,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let dir = resolve_dir(cli.dir.as_deref())?;
             crate::snapshot_cmd::snapshot(&dir)
         }
-        Cmd::Snapshots => {
+        Cmd::Snapshots { json } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
-            crate::snapshot_cmd::snapshots(&dir)
+            crate::snapshot_cmd::snapshots(&dir, json)
         }
         Cmd::Completions { shell } => {
             let mut cmd = public_command();

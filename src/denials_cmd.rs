@@ -9,7 +9,20 @@ use std::path::{Path, PathBuf};
 
 pub fn profile(action: ProfileCmd) -> Result<i32> {
     match action {
-        ProfileCmd::List => {
+        ProfileCmd::List { json: true } => {
+            for l in profile::list() {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": l.name,
+                        "origin": l.origin,
+                        "description": l.description,
+                    })
+                );
+            }
+            Ok(0)
+        }
+        ProfileCmd::List { json: false } => {
             let list = profile::list();
             let width = list.iter().map(|l| l.name.len()).max().unwrap_or(0);
             let out = std::io::stdout();

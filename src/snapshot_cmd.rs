@@ -41,9 +41,25 @@ pub fn snapshot(dir: &Path) -> Result<i32> {
 }
 
 /// `saferoot snapshots`: list them, oldest first.
-pub fn snapshots(dir: &Path) -> Result<i32> {
+pub fn snapshots(dir: &Path, json: bool) -> Result<i32> {
     let (store, _) = cli::open_store(dir)?;
     let list = manifest::list(&store)?;
+    if json {
+        for s in &list {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "n": s.n,
+                    "time": time::format_utc(s.t),
+                    "t_ns": s.t,
+                    "reason": s.reason,
+                    "entries": s.entries,
+                    "bytes": s.bytes,
+                })
+            );
+        }
+        return Ok(0);
+    }
     if list.is_empty() {
         println!(
             "no snapshots yet (one is taken at every mount and unmount; `saferoot snapshot` \

@@ -394,4 +394,25 @@ fn status_json_reports_the_daemon_and_the_store() {
     assert!(v["daemon"].is_null());
     assert_eq!(v["store"]["trash_files"], 3);
     assert_eq!(v["history"]["oldest_restorable"], first.as_str());
+    // The other listings have --json too: one object per line.
+    let lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let o = p.run(args);
+        assert_ok(&o);
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    };
+    let snaps = lines(&["snapshots", "--json"]);
+    let reasons: Vec<&str> = snaps
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["mount", "umount"]);
+    assert_eq!(snaps[0]["n"], 1);
+    assert!(snaps[1]["entries"].as_u64().unwrap() >= 1);
+    let profiles = lines(&["profile", "list", "--json"]);
+    assert!(profiles
+        .iter()
+        .any(|p| p["name"] == "pi" && p["origin"] == "built-in"));
 }
