@@ -2415,7 +2415,9 @@ impl Filesystem for SaferootFs {
                 if let Some(m) = set_id_bits_to_drop(req, &st) {
                     nix::sys::stat::fchmod(f.fd.as_fd(), Mode::from_bits_truncate(m))
                         .map_err(errno)?;
-                    s.stale_attributes(st_node_id(&s.table, &st));
+                    if let Some(node) = &f.writer_of {
+                        s.stale_attributes(node.id);
+                    }
                 }
             }
             let mut done = 0;
@@ -3038,11 +3040,6 @@ fn set_id_bits_to_drop(req: &Request, st: &FileStat) -> Option<u32> {
         kill |= libc::S_ISGID;
     }
     (kill != 0 && !sys::caller_has_cap(req.pid(), sys::CAP_FSETID)).then_some(mode & 0o7777 & !kill)
-}
-
-/// The node id of the object `st` is about, if the kernel knows it (0 otherwise).
-fn st_node_id(table: &Table, st: &FileStat) -> u64 {
-    table.known(st.st_dev, st.st_ino).unwrap_or(0)
 }
 
 fn zero_stat(fmt: u32) -> FileStat {
