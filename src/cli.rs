@@ -190,6 +190,11 @@ tree costs about a `stat` of every entry."
         #[arg(long)]
         json: bool,
     },
+    /// What the trash holds: every removed or replaced file whose old bytes are kept
+    Trash {
+        #[command(subcommand)]
+        action: TrashCmd,
+    },
     /// Print a completion script for SHELL (e.g. `saferoot completions bash > /etc/bash_completion.d/saferoot`)
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -200,6 +205,19 @@ tree costs about a `stat` of every entry."
     /// (internal) the mount daemon
     #[command(name = "__daemon", hide = true)]
     Daemon { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrashCmd {
+    /// The removals whose bytes are kept (all, or to or below the PATHs), oldest first: when,
+    /// what, its size, where the bytes are, and whether they are still there
+    List {
+        /// One JSON object per line: {"time","t_ns","op","path","kind","size","kept","present"}
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -388,6 +406,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Snapshots { json } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
             crate::snapshot_cmd::snapshots(&dir, json)
+        }
+        Cmd::Trash {
+            action: TrashCmd::List { json, paths },
+        } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            trash_list(&dir, json, &paths).map(|()| 0)
         }
         Cmd::Completions { shell } => {
             let mut cmd = public_command();
@@ -771,6 +795,63 @@ pub fn open_store(dir: &Path) -> Result<(Store, bool)> {
 
 fn mode_str(m: Option<u32>) -> String {
     m.map(|m| format!("{:o}", m & 0o7777)).unwrap_or_default()
+}
+
+/// `saferoot trash list`: the journal's removals that kept bytes (a trash item or an object).
+fn trash_list(dir: &Path, json: bool, paths: &[PathBuf]) -> Result<()> {
+    let scopes = project_relative(dir, paths)?;
+    let (store, _) = open_store(dir)?;
+    let (mut recs, _) = journal::read(store.dir(), store.dir_path())?;
+    recs.sort_by_key(|r| r.t);
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    for r in &recs {
+        // A removal, or a rename over something (older journals put the replaced file there).
+        let removed = match r.op {
+            journal::Op::Unlink => Some(&r.path),
+            journal::Op::Rename if r.trash.is_some() || r.object.is_some() => r.to.as_ref(),
+            _ => None,
+        };
+        let Some(path) = removed else { continue };
+        if !scopes.is_empty() && !scopes.iter().any(|s| path.starts_with(s)) {
+            continue;
+        }
+        // The bytes as they were at that instant: the object if there is one, else the trash.
+        let kept = match (&r.object, &r.trash) {
+            (Some(o), _) => saferoot_snapshots::store::object_rel(o),
+            (None, Some(t)) => t.clone(),
+            (None, None) => continue,
+        };
+        let present =
+            nix::sys::stat::fstatat(store.dir(), &kept, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok();
+        let kept = Path::new(".saferoot").join(kept);
+        if json {
+            let v = serde_json::json!({
+                "time": time::format_utc(r.t),
+                "t_ns": r.t,
+                "op": r.op.name(),
+                "path": path.to_string_lossy(),
+                "kind": r.kind,
+                "size": r.size,
+                "kept": kept.to_string_lossy(),
+                "present": present,
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{}  {:<9}  {:>12}  {}  {}{}",
+                time::format_utc(r.t),
+                r.kind.map(|k| k.name()).unwrap_or("?"),
+                r.size.map(|s| s.to_string()).unwrap_or_default(),
+                shown(path),
+                shown(&kept),
+                if present { "" } else { "  (gone)" }
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn log(dir: &Path, json: bool, since: Option<&str>, paths: &[PathBuf]) -> Result<()> {

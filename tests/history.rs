@@ -416,3 +416,50 @@ fn status_json_reports_the_daemon_and_the_store() {
         .iter()
         .any(|p| p["name"] == "pi" && p["origin"] == "built-in"));
 }
+
+/// `saferoot trash list [PATH] [--json]` (issue 6): every removal whose bytes are kept, oldest
+/// first, with where they are and whether they are still there.
+#[test]
+fn trash_list_shows_what_removals_kept() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::create_dir_all(p.dir().join("src")).unwrap();
+    std::fs::write(p.dir().join("src/a.rs"), b"fn a() {}\n").unwrap();
+    std::fs::write(p.dir().join("notes.md"), b"notes\n").unwrap();
+    std::fs::write(p.dir().join("old"), b"replaced\n").unwrap();
+    p.mount();
+    assert_ok(&p.sh("rm -r src && rm notes.md && echo new > new && mv new old"));
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["trash", "list", "--json"];
+        a.extend_from_slice(args);
+        let o = p.run(&a);
+        assert_ok(&o);
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = list(&[]);
+    let paths: Vec<&str> = all.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["src/a.rs", "notes.md", "old"], "{all:?}");
+    assert!(all
+        .iter()
+        .all(|v| v["present"] == true && v["kind"] == "file"));
+    assert_eq!(all[0]["size"], 10);
+    let only = list(&["src"]);
+    assert_eq!(only.len(), 1);
+    p.umount();
+    // A trash item removed by hand shows as gone.
+    let kept = all[1]["kept"].as_str().unwrap();
+    std::fs::remove_file(p.dir().join(kept)).unwrap();
+    let o = p.run(&["trash", "list", "notes.md"]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("notes.md") && stdout(&o).contains("(gone)"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(list(&["notes.md"])[0]["present"], false);
+}
