@@ -423,6 +423,7 @@ fn completions_and_manual_page_cover_every_subcommand() {
         "status",
         "snapshot",
         "snapshots",
+        "trash",
         "completions",
         "man",
     ];
