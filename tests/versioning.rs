@@ -1354,3 +1354,93 @@ fn umount_force_handles_a_stuck_daemon_and_a_busy_directory() {
     assert!(p.dir().join("src/lib.rs").exists());
     assert_ok(&cli(&["umount"]));
 }
+
+/// Issue 6, test 3: the store's filesystem fills up. An overwrite whose old bytes cannot be
+/// kept fails with ENOSPC and is recorded in daemon.log; the file survives unchanged. Once
+/// space returns (a scratch file removed for good), the same overwrite works, and a deletion
+/// too, and both are restorable byte for byte.
+#[test]
+fn disk_full_then_space_returns() {
+    if !fuse_available() {
+        return;
+    }
+    let fs = Tmpfs(
+        tempfile::Builder::new()
+            .prefix("saferoot-tmpfs.")
+            .tempdir()
+            .unwrap(),
+    );
+    nix::mount::mount(
+        Some("tmpfs"),
+        fs.0.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=4m"),
+    )
+    .expect("mount a 4 MiB tmpfs");
+    let dir = fs.0.path().join("project");
+    std::fs::create_dir_all(dir.join("target")).unwrap();
+    let big: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(dir.join("big"), &big).unwrap();
+    // A build product in a scratch tree (not versioned): removing it frees its space.
+    std::fs::write(dir.join("target/filler"), vec![7u8; 2_000_000]).unwrap();
+    let d = dir.to_str().unwrap();
+    assert_ok(&saferoot(&["-C", d, "mount"]));
+    let sh = |script: &str| {
+        Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let o = sh("echo x > big");
+    assert!(
+        !o.status.success(),
+        "the overwrite must fail while the old bytes cannot be kept"
+    );
+    assert!(
+        stderr(&o).contains("No space left on device"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        std::fs::read(dir.join("big")).unwrap() == big,
+        "the file is unchanged"
+    );
+    // Space returns.
+    assert_ok(&sh("rm target/filler"));
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    assert_ok(&sh("echo x > big"));
+    assert_eq!(std::fs::read(dir.join("big")).unwrap(), b"x\n");
+    tick();
+    let t1 = now_rfc3339();
+    tick();
+    assert_ok(&sh("rm big"));
+    let out = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    for (t, want) in [(&t0, &big[..]), (&t1, &b"x\n"[..])] {
+        let to = out.path().join(t.replace(':', "_"));
+        assert_ok(&saferoot(&[
+            "-C",
+            d,
+            "restore",
+            "--to",
+            to.to_str().unwrap(),
+            t,
+        ]));
+        assert!(std::fs::read(to.join("big")).unwrap() == want, "big at {t}");
+    }
+    assert_ok(&saferoot(&["-C", d, "umount"]));
+    let log = std::fs::read_to_string(dir.join(".saferoot/daemon.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused to change big") && l.contains("No space left")),
+        "{log}"
+    );
+}

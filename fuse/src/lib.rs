@@ -436,10 +436,14 @@ impl Shared {
     fn preimage_node(&self, node: &Node) -> Result<(String, FileStat), Errno> {
         let fd = preimage_open(|flags| self.table.open(node, flags)).map_err(errno)?;
         let st = nix::sys::stat::fstat(fd.fd()).map_err(errno)?;
-        let h = self
-            .store
-            .preimage(fd.fd(), &st)
-            .map_err(|e| store_errno(&e))?;
+        let h = self.store.preimage(fd.fd(), &st).map_err(|e| {
+            // The change is refused: say which and why where people look after a failure.
+            warn!(
+                "refused to change {}: its old bytes could not be kept ({e})",
+                self.node_rel(node).display()
+            );
+            store_errno(&e)
+        })?;
         Ok((h, st))
     }
 
