@@ -1008,7 +1008,11 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         pid: std::process::id(),
         comm: "saferoot".into(),
     };
-    let report = match restore::restore(&store, &opts) {
+    let report = match if dry_run {
+        restore::read_consistently(|| restore::restore(&store, &opts))
+    } else {
+        restore::restore(&store, &opts)
+    } {
         Ok(r) => r,
         Err(e) => {
             // A restore that fails part-way has journaled every change it made: say how to

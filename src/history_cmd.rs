@@ -85,7 +85,7 @@ pub fn diff(dir: &Path, json: bool, t1: &str, t2: Option<&str>, paths: &[PathBuf
     };
     let rel = project_relative(dir, paths)?;
     let (store, _) = store_for(dir, opened)?;
-    let report = restore::diff(&store, a, b, &rel)?;
+    let report = restore::read_consistently(|| restore::diff(&store, a, b, &rel))?;
     let out = std::io::stdout();
     let mut out = out.lock();
     for c in &report.changes {

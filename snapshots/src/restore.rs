@@ -729,6 +729,33 @@ fn find_removal(store: &Store, past: &Past, live: &Tree, p: &Path) -> Result<Rem
     )))
 }
 
+/// Run the read-only computation `f` (a diff, a dry run) again when it failed because a file
+/// of the live tree went away while it was being read (another process working through the
+/// mount at the same time): up to five times, then say so in one line.
+pub fn read_consistently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let racing = |e: &Error| match e {
+        Error::Io { cause, .. } => matches!(
+            cause.raw_os_error(),
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ESTALE)
+        ),
+        _ => false,
+    };
+    let mut last = None;
+    for attempt in 0..5 {
+        match f() {
+            Err(e) if racing(&e) => {
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+            }
+            r => return r,
+        }
+    }
+    Err(Error::Invalid(format!(
+        "the tree kept changing while it was read ({}); try again",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
 /// The journal, read once and put in time order.
 struct Past {
     records: Vec<Record>,
