@@ -719,7 +719,8 @@ impl Shared {
     /// it is one of exactly two names of a regular file, the other one made or used by a
     /// `link` through the mount, still naming the same file, versioned, and nothing has the
     /// file open for writing: git's `link(tmp, final)` then `unlink(tmp)`. The record then
-    /// keeps no bytes: the content is the other name's (restore finds it by inode). If the other
+    /// keeps no bytes: the content is the other name's (the record's `peer`, where restore
+    /// takes it from). If the other
     /// name went away at the same moment (the file's last link was ours after all), the bytes
     /// are copied from a descriptor held across the removal. `None`: not such a case (nothing
     /// was done).
@@ -1566,14 +1567,20 @@ impl Shared {
         file: &OpenFile,
         register: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> Io<'n> {
+        // An append-only handle counted as direct is one whatever else holds.
+        if file
+            .direct_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Io::Direct;
+        }
         if !self.passthrough.load(Ordering::Relaxed) || node.fmt != libc::S_IFREG {
             return Io::Cached;
         }
         let mut b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
         let mut direct_of = file.direct_of.lock().unwrap_or_else(|p| p.into_inner());
-        if direct_of.is_some() {
-            return Io::Direct;
-        }
         if node.direct.load(Ordering::Relaxed) > 0 {
             node.direct.fetch_add(1, Ordering::Relaxed);
             *direct_of = Some(node.clone());
