@@ -81,6 +81,9 @@ struct OpenFile {
     close_journaled: std::sync::atomic::AtomicBool,
     /// The node in whose `direct` handles this one is counted (served with direct I/O).
     direct_of: Mutex<Option<Arc<Node>>>,
+    /// A close(2) of a descriptor of this handle was seen (FLUSH): its release is likely on
+    /// its way (the kernel sends it asynchronously, after close has returned).
+    flushed: std::sync::atomic::AtomicBool,
 }
 
 impl OpenFile {
@@ -91,6 +94,7 @@ impl OpenFile {
             writer_of,
             close_journaled: std::sync::atomic::AtomicBool::new(false),
             direct_of: Mutex::new(None),
+            flushed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -184,6 +188,10 @@ const LINK_PEERS_MAX: usize = 65_536;
 
 /// Passthrough registrations kept for files no handle has open (see `Shared::idle_backing`).
 const IDLE_BACKING_MAX: usize = 4096;
+/// How long an open to append waits for the kernel to release handles whose processes have
+/// closed them already ([`Shared::reserve_direct`]); the release usually follows within a
+/// fraction of a millisecond.
+const PENDING_RELEASE_WAIT: Duration = Duration::from_millis(50);
 
 /// Open a file to copy its bytes into the store: `open` called with [`PREIMAGE_READ`], and
 /// again without O_NOATIME if that is not permitted (it needs ownership or CAP_FOWNER, which
@@ -753,7 +761,15 @@ impl Shared {
         let writers = node
             .as_ref()
             .map(|n| n.writers.lock().unwrap_or_else(|p| p.into_inner()));
-        if writers.as_ref().is_some_and(|w| w.n > 0) {
+        // A writer whose process has closed it (the session's end is journaled) but whose
+        // release the kernel has not sent yet does not count: `git` closes its temporary
+        // object, links it and unlinks the temporary name in quick succession.
+        if writers.as_ref().is_some_and(|w| {
+            w.n > 0
+                && !node
+                    .as_ref()
+                    .is_some_and(|n| n.session_closed.load(Ordering::Relaxed))
+        }) {
             return Ok(None);
         }
         // Reached without following any symlink on the way (a directory on the path replaced
@@ -1542,14 +1558,39 @@ impl Shared {
 
     /// An append-only handle of `node` about to open: count it as a direct handle and return
     /// true, unless passthrough handles have the inode open (then it must be one too, and its
-    /// session keeps the old bytes at once).
-    fn reserve_direct(&self, node: &Node) -> bool {
-        let b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
-        if b.as_ref().is_some_and(|(_, n)| *n > 0) {
-            return false;
+    /// session keeps the old bytes at once). Handles already closed by their process but not
+    /// yet released by the kernel (`cat f; echo x >> f`: the release of `cat`'s handle comes
+    /// asynchronously) are waited for, up to [`PENDING_RELEASE_WAIT`]; a handle still in use
+    /// is not.
+    fn reserve_direct(&self, node: &Arc<Node>) -> bool {
+        let deadline = Instant::now() + PENDING_RELEASE_WAIT;
+        loop {
+            {
+                let b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
+                if !b.as_ref().is_some_and(|(_, n)| *n > 0) {
+                    node.direct.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline || !self.passthrough_handles_all_closed(node) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        node.direct.fetch_add(1, Ordering::Relaxed);
-        true
+    }
+
+    /// Every open passthrough handle of `node` has seen a close(2) (its release is pending).
+    fn passthrough_handles_all_closed(&self, node: &Arc<Node>) -> bool {
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+        files.values().all(|f| {
+            f.flushed.load(Ordering::Relaxed)
+                || !f
+                    .backing_of
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_some_and(|n| Arc::ptr_eq(n, node))
+        })
     }
 
     /// A handle of `node` counted as direct is gone.
@@ -2462,6 +2503,7 @@ impl Filesystem for SaferootFs {
     ) {
         // close(2) semantics on the backing file (releases POSIX locks, reports delayed errors).
         let r = self.shared.file(fh).and_then(|f| {
+            f.flushed.store(true, Ordering::Relaxed);
             let dup = nix::unistd::dup(f.fd.as_fd()).map_err(errno)?;
             nix::unistd::close(dup).map_err(errno)?;
             if let Some(node) = f.writer_of.as_ref() {
