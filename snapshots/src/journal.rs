@@ -84,6 +84,12 @@ pub enum Op {
     Run,
     /// Marker: snapshot number `snapshot` (a manifest of the whole tree) was taken.
     Snapshot,
+    /// Marker: `saferoot gc` collected the history before `target_t`, which is from then on
+    /// the oldest instant that can be restored (see [`horizon`]). `note` says what was freed.
+    Gc,
+    /// Marker: `saferoot doctor --repair` set damaged history aside; instants before
+    /// `target_t` can no longer be restored exactly (see [`horizon`]). `note` says what.
+    Repair,
 }
 
 impl Op {
@@ -107,6 +113,8 @@ impl Op {
             Op::Close => "close",
             Op::Run => "run",
             Op::Snapshot => "snapshot",
+            Op::Gc => "gc",
+            Op::Repair => "repair",
         }
     }
 }
@@ -256,6 +264,16 @@ impl Record {
             comm: comm.into(),
         }
     }
+}
+
+/// The oldest instant the journal `records` can restore to, when `gc` or `doctor --repair`
+/// set one (the newest such limit, with the record that set it); `None`: the whole journal.
+pub fn horizon(records: &[Record]) -> Option<(i64, &Record)> {
+    records
+        .iter()
+        .filter(|r| matches!(r.op, Op::Gc | Op::Repair))
+        .filter_map(|r| r.target_t.map(|t| (t, r)))
+        .max_by_key(|(t, _)| *t)
 }
 
 fn checksum(json: &[u8]) -> String {

@@ -693,7 +693,10 @@ fn find_removal(store: &Store, past: &Past, live: &Tree, p: &Path) -> Result<Rem
             let mut last_t = r.t;
             for j in (0..i).rev() {
                 let q = &recs[j];
-                if matches!(q.op, Op::Mount | Op::Umount | Op::Restore | Op::Run) {
+                if matches!(
+                    q.op,
+                    Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Gc | Op::Repair
+                ) {
                     break;
                 }
                 let below =
@@ -762,6 +765,8 @@ struct Past {
     /// Damaged records skipped on read.
     corrupt: usize,
     first_t: i64,
+    /// The oldest restorable instant set by `gc` or `doctor --repair`, with why.
+    horizon: Option<(i64, String)>,
 }
 
 impl Past {
@@ -773,15 +778,25 @@ impl Past {
                 "no history yet: nothing has been recorded for this directory".into(),
             ));
         };
+        let horizon = journal::horizon(&records).map(|(h, r)| (h, horizon_reason(r)));
         Ok(Past {
             records,
             corrupt: report.corrupt,
-            first_t,
+            first_t: horizon.as_ref().map_or(first_t, |(h, _)| first_t.min(*h)),
+            horizon,
         })
     }
 
-    /// Refuse an instant before the journal begins: the tree is not known there.
+    /// Refuse an instant before the journal begins, or before what `gc` or a repair left:
+    /// the tree is not known there, and a part of it is not restored as if it were.
     fn check(&self, t: i64) -> Result<()> {
+        if let Some((h, why)) = self.horizon.as_ref().filter(|(h, _)| t < *h) {
+            return Err(Error::Invalid(format!(
+                "cannot go back to {}: {why}; the oldest restorable instant is {}",
+                format_utc(t),
+                format_utc(*h)
+            )));
+        }
         if t < self.first_t {
             return Err(Error::Invalid(format!(
                 "nothing is recorded before {} (the first mount), so the tree is not known at \
@@ -791,6 +806,23 @@ impl Past {
             )));
         }
         Ok(())
+    }
+}
+
+/// Why history ends where the `gc` or `repair` record `r` says, for people.
+pub fn horizon_reason(r: &Record) -> String {
+    let h = r.target_t.unwrap_or(r.t);
+    match r.op {
+        Op::Repair => format!(
+            "the history before {} was set aside as damaged by `saferoot doctor --repair` at {}",
+            format_utc(h),
+            format_utc(r.t)
+        ),
+        _ => format!(
+            "the history before {} was collected by `saferoot gc` at {}",
+            format_utc(h),
+            format_utc(r.t)
+        ),
     }
 }
 
@@ -1249,7 +1281,14 @@ impl Rollback<'_> {
     fn undo(&mut self, r: &Record) -> Result<()> {
         if matches!(
             r.op,
-            Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot | Op::Close
+            Op::Mount
+                | Op::Umount
+                | Op::Restore
+                | Op::Run
+                | Op::Snapshot
+                | Op::Close
+                | Op::Gc
+                | Op::Repair
         ) {
             return Ok(());
         }
@@ -1257,7 +1296,8 @@ impl Rollback<'_> {
             return Ok(());
         };
         match r.op {
-            Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot => {}
+            Op::Mount | Op::Umount | Op::Restore | Op::Run | Op::Snapshot | Op::Gc | Op::Repair => {
+            }
             Op::Create | Op::Mkdir | Op::Mknod | Op::Symlink => self.remove(&path),
             Op::Link => {
                 if let Some(to) = self.path(r.to.as_deref()) {
