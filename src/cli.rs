@@ -190,6 +190,24 @@ tree costs about a `stat` of every entry."
         #[arg(long)]
         json: bool,
     },
+    /// Collect the oldest history so the store keeps to its retention policy
+    #[command(after_help = GC_HELP)]
+    Gc {
+        /// Say what would be collected, and collect nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// Keep history younger than this (e.g. 14d, 36h, 1d12h, off) instead of the
+        /// configured `keep_within`
+        #[arg(long, value_name = "DURATION")]
+        keep_within: Option<String>,
+        /// Keep the store (trash, objects, journal) under this size (e.g. 10GiB, 500MiB, 10%,
+        /// off) instead of the configured `max_size`
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
+        /// One JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// What the trash holds: every removed or replaced file whose old bytes are kept
     Trash {
         #[command(subcommand)]
@@ -218,7 +236,21 @@ pub enum TrashCmd {
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Delete for good every kept old version of PATH (and of what was below it): the only
+    /// way besides `gc` to make saferoot forget bytes. Asks first, unless --yes
+    Purge {
+        /// Do not ask (needed when not on a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// One JSON object instead of text
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
+
+const GC_HELP: &str = "The policy comes from `[retention]` in DIR/.saferoot/config.toml (keep_within, default 14d; max_size, default 10 GiB or 10% of the filesystem, whichever is smaller); the options override it for this run. History goes oldest first: every change older than a cutoff instant, with the trash items and objects only those changes kept. Instants from the cutoff on restore exactly as before; `restore` to an earlier instant says it was collected. Nothing since the newest snapshot is ever collected. The daemon also runs gc at every mount and whenever the store grows past max_size.";
 
 #[derive(Subcommand, Debug)]
 pub enum ProfileCmd {
@@ -412,6 +444,27 @@ fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
             trash_list(&dir, json, &paths).map(|()| 0)
+        }
+        Cmd::Trash {
+            action: TrashCmd::Purge { yes, json, paths },
+        } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::gc_cmd::purge_cmd(&dir, &paths, yes, json)
+        }
+        Cmd::Gc {
+            dry_run,
+            keep_within,
+            max_size,
+            json,
+        } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::gc_cmd::gc_cmd(
+                &dir,
+                dry_run,
+                keep_within.as_deref(),
+                max_size.as_deref(),
+                json,
+            )
         }
         Cmd::Completions { shell } => {
             let mut cmd = public_command();
@@ -1116,12 +1169,12 @@ fn status(dir: &Path) -> Result<i32> {
                 "history: {} journal record(s){}",
                 h.records,
                 h.first
-                    .map(|t| format!(", since {}", time::format_utc(t)))
+                    .map(|t| format!(", oldest restorable instant {}", time::format_utc(t)))
                     .unwrap_or_default()
             );
             println!(
                 "store: {} ({} in {} trash file(s), {} in {} object(s), journal {}); {} \
-                 restorable deletion(s); nothing is collected yet (no retention policy)",
+                 restorable deletion(s)",
                 human_bytes(h.trash_bytes + h.object_bytes + h.journal_bytes),
                 human_bytes(h.trash_bytes),
                 h.trash_files,
@@ -1130,6 +1183,15 @@ fn status(dir: &Path) -> Result<i32> {
                 human_bytes(h.journal_bytes),
                 h.deletions
             );
+            match &h.policy {
+                Ok(p) => println!(
+                    "retention: {p}{} (`saferoot gc`; at mount and when the cap is crossed)",
+                    h.cap
+                        .map(|c| format!(" = {} here", human_bytes(c)))
+                        .unwrap_or_default()
+                ),
+                Err(e) => println!("retention: {e}"),
+            }
         }
         Err(e) => println!("history: {e:#}"),
     }
@@ -1146,6 +1208,7 @@ fn status(dir: &Path) -> Result<i32> {
 /// What a store holds, for `status`.
 struct History {
     records: usize,
+    /// The oldest instant a restore accepts.
     first: Option<i64>,
     /// `unlink` and `rmdir` records: each a removal a restore can undo.
     deletions: usize,
@@ -1154,6 +1217,9 @@ struct History {
     objects: u64,
     object_bytes: u64,
     journal_bytes: u64,
+    /// The retention policy in force (or why config.toml could not be read), and its cap.
+    policy: std::result::Result<String, String>,
+    cap: Option<u64>,
 }
 
 impl History {
@@ -1161,62 +1227,36 @@ impl History {
         let (recs, _) = journal::read(store.dir(), store.dir_path())?;
         // Sizes are what the files take on disk (holes take nothing), read through the store's
         // own descriptor (the store is hidden under the mount).
-        let root = PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&store.dir())
-        ));
-        let walk = |sub: &str| {
-            walkdir::WalkDir::new(root.join(sub))
-                .into_iter()
-                .filter_map(Result::ok)
-                .filter(|e| !e.file_type().is_dir())
-                .filter_map(|e| e.metadata().ok())
-                .fold((0u64, 0u64), |(n, b), m| {
-                    (n + 1, b + std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-                })
-        };
-        let (trash_files, trash_bytes) = walk("trash");
-        let (objects, object_bytes) = walk("objects");
-        let journal_bytes = std::fs::metadata(root.join("journal"))
-            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-            .unwrap_or(0);
+        let u = saferoot_snapshots::gc::usage(store);
+        let policy = saferoot_snapshots::gc::policy(store, None, None);
         Ok(History {
             records: recs.len(),
-            first: recs.iter().map(|r| r.t).min(),
+            first: saferoot_snapshots::gc::oldest_restorable(&recs),
             deletions: recs
                 .iter()
                 .filter(|r| matches!(r.op, journal::Op::Unlink | journal::Op::Rmdir))
                 .count(),
-            trash_files,
-            trash_bytes,
-            objects,
-            object_bytes,
-            journal_bytes,
+            trash_files: u.trash_files,
+            trash_bytes: u.trash_bytes,
+            objects: u.objects,
+            object_bytes: u.object_bytes,
+            journal_bytes: u.journal_bytes,
+            cap: policy
+                .as_ref()
+                .ok()
+                .and_then(|p| saferoot_snapshots::gc::cap_bytes(store, p)),
+            policy: policy.map(|p| p.describe()).map_err(|e| e.to_string()),
         })
     }
 }
 
-/// 1536 → "1.5 KiB".
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
+use saferoot_snapshots::human_bytes;
 
 /// `status --json`: the same facts as one JSON object.
 fn status_json(dir: &Path) -> Result<i32> {
     let daemon = control::status(dir)?;
     let dead = daemon.is_none() && mounts::saferoot_mounted(dir);
-    let (store, history) = match open_store(dir) {
+    let (store, history, retention) = match open_store(dir) {
         Ok((store, _)) => {
             let h = History::of(&store)?;
             (
@@ -1233,11 +1273,16 @@ fn status_json(dir: &Path) -> Result<i32> {
                     "restorable_deletions": h.deletions,
                     "oldest_restorable": h.first.map(time::format_utc),
                 }),
+                match &h.policy {
+                    Ok(p) => serde_json::json!({ "policy": p, "cap_bytes": h.cap }),
+                    Err(e) => serde_json::json!({ "error": e }),
+                },
             )
         }
         Err(e) => (
             serde_json::Value::Null,
             serde_json::json!({ "error": format!("{e:#}") }),
+            serde_json::Value::Null,
         ),
     };
     let v = serde_json::json!({
@@ -1258,7 +1303,7 @@ fn status_json(dir: &Path) -> Result<i32> {
         })).collect::<Vec<_>>()).unwrap_or_default(),
         "store": store,
         "history": history,
-        "retention": serde_json::Value::Null,
+        "retention": retention,
         "sandbox_on_this_kernel": crate::sandbox::landlock_abi()
             .map(crate::sandbox::features_for_abi),
     });

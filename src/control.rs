@@ -48,6 +48,20 @@ pub enum Request {
     EndSession {
         pid: u32,
     },
+    /// Collect old history (`saferoot gc`); overrides of the configured policy as typed.
+    Gc {
+        dry_run: bool,
+        #[serde(default)]
+        keep_within: Option<String>,
+        #[serde(default)]
+        max_size: Option<String>,
+    },
+    /// Delete the kept bytes of these project-relative paths for good (`trash purge`), each
+    /// the hex of its bytes.
+    Purge {
+        paths: Vec<String>,
+        dry_run: bool,
+    },
 }
 
 /// A live `saferoot run` session, as the daemon knows it.
@@ -85,6 +99,12 @@ pub struct Reply {
     /// Live `run` sessions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sessions: Vec<SessionInfo>,
+    /// What a `Gc` request did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<saferoot_snapshots::gc::Report>,
+    /// What a `Purge` request did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge: Option<saferoot_snapshots::gc::PurgeReport>,
 }
 
 /// The abstract socket name for a (canonical) project directory.
@@ -220,13 +240,19 @@ pub fn status(dir: &Path) -> Result<Option<Reply>> {
 /// reset or close it unanswered: such a failure is retried once, a moment later, when the
 /// socket is gone or answers.
 pub fn call(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>)>> {
-    match call_once(dir, req) {
+    match call_once(dir, req, None) {
         Err(e) if e.downcast_ref::<Unanswered>().is_some() => {
             std::thread::sleep(std::time::Duration::from_millis(300));
-            call_once(dir, req)
+            call_once(dir, req, None)
         }
         r => r,
     }
+}
+
+/// [`call`] for a request that may take long (a `gc` of a large store): waits up to a day,
+/// and is not sent twice.
+pub fn call_patient(dir: &Path, req: &Request) -> Result<Option<Reply>> {
+    Ok(call_once(dir, req, Some(std::time::Duration::from_secs(86_400)))?.map(|(r, _)| r))
 }
 
 /// The daemon accepted the connection but did not answer.
@@ -241,10 +267,17 @@ impl std::fmt::Display for Unanswered {
 
 impl std::error::Error for Unanswered {}
 
-fn call_once(dir: &Path, req: &Request) -> Result<Option<(Reply, Option<OwnedFd>)>> {
+fn call_once(
+    dir: &Path,
+    req: &Request,
+    timeout: Option<std::time::Duration>,
+) -> Result<Option<(Reply, Option<OwnedFd>)>> {
     let Some(fd) = connect(dir)? else {
         return Ok(None);
     };
+    if let Some(t) = timeout {
+        set_timeout(&fd, t);
+    }
     let line = serde_json::to_vec(req)?;
     match send_line(&fd, &line, None) {
         Ok(()) => {}

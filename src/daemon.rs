@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use fuser::{Config, INodeNo, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use saferoot_fuse::{Options, SaferootFs, Shared};
-use saferoot_snapshots::{index, now_ns, Op, Record, Store};
+use saferoot_snapshots::{gc, index, now_ns, Op, Record, Store};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -277,13 +277,16 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
         Ok(n) => log::warn!("journaled {n} trash item(s) left unrecorded by a crash"),
         Err(e) => log::warn!("recovering unjournaled trash items: {e}"),
     }
-    if let Err(e) = index::reindex(&store) {
-        log::warn!("re-indexing the trash: {e}");
-    }
     // Before the mount, while nothing can change the tree through it; it precedes the `mount`
     // record. A failure costs only this restore point: mount anyway.
     if let Err(e) = saferoot_snapshots::manifest::take(&store, "mount") {
         log::warn!("snapshot at mount: {e}");
+    }
+    // Retention at every mount (never past the snapshot just taken), then the index: without
+    // entries of what is gone, with those of what is new.
+    let gc_base = run_gc(&store, false, "at mount");
+    if let Err(e) = index::prune(&store).and_then(|_| index::reindex(&store)) {
+        log::warn!("re-indexing the trash: {e}");
     }
     // The snapshot of a large tree allocates and frees much: do not keep that as resident size.
     saferoot_fuse::node::trim_heap();
@@ -314,6 +317,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     let session = fuser::Session::new(fs, dir, &config)
         .with_context(|| format!("mount FUSE over {}", dir.display()))?;
     record(&store, Op::Mount);
+    start_auto_gc(store.clone(), gc_base);
     let notifier = session.notifier();
     shared.set_notifier(notifier.clone());
     Ok((
@@ -328,6 +332,86 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
             answering_umount: Mutex::new(()),
         },
     ))
+}
+
+/// Collect by the configured policy; log what was freed or why not. Returns the store size
+/// after (what automatic collection counts growth from).
+fn run_gc(store: &Store, in_daemon: bool, when: &str) -> u64 {
+    let policy = match gc::policy(store, None, None) {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("gc {when}: {e}");
+            return gc::usage(store).total();
+        }
+    };
+    let opts = gc::Options {
+        retention: policy,
+        dry_run: false,
+        in_daemon,
+        pid: std::process::id(),
+        comm: "saferoot".into(),
+    };
+    match gc::gc(store, &opts) {
+        Ok(rep) => {
+            if rep.records_dropped > 0 {
+                log::warn!(
+                    "gc {when}: freed {} ({} record(s)); oldest restorable instant now {}",
+                    saferoot_snapshots::human_bytes(rep.size_before.saturating_sub(rep.size_after)),
+                    rep.records_dropped,
+                    rep.oldest_after
+                        .map(saferoot_snapshots::time::format_utc)
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(why) = &rep.cap_unmet {
+                log::warn!("gc {when}: {why}");
+            }
+            rep.size_after
+        }
+        Err(e) => {
+            log::warn!("gc {when}: {e}");
+            gc::usage(store).total()
+        }
+    }
+}
+
+/// How often the daemon looks at how much the store grew.
+const AUTO_GC_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+/// And collects by age anyway.
+const AUTO_GC_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Collect whenever the store grows past its cap (estimated from what was added since the
+/// last collection, measured then), and every few hours for age.
+fn start_auto_gc(store: Arc<Store>, mut base: u64) {
+    let spawned = std::thread::Builder::new()
+        .name("saferoot-gc".into())
+        .spawn(move || {
+            let mut added = store.added_bytes();
+            let mut last = std::time::Instant::now();
+            loop {
+                std::thread::sleep(AUTO_GC_TICK);
+                let cap = gc::policy(&store, None, None)
+                    .ok()
+                    .and_then(|p| gc::cap_bytes(&store, &p));
+                let grown = store.added_bytes().saturating_sub(added);
+                let over = cap.is_some_and(|c| base + grown > c);
+                // Still over the cap after collecting (nothing more was collectable): try
+                // again only after real growth, not on every write.
+                let worth = match cap {
+                    Some(c) if base > c => grown > (c / 100).max(1 << 20),
+                    _ => true,
+                };
+                if !(over && worth) && last.elapsed() < AUTO_GC_EVERY {
+                    continue;
+                }
+                added = store.added_bytes();
+                base = run_gc(&store, true, "(automatic)");
+                last = std::time::Instant::now();
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start automatic gc: {e}");
+    }
 }
 
 /// How long the kernel may cache names and attributes: `SAFEROOT_TTL_MS` if set, else the
@@ -462,6 +546,8 @@ fn control_loop(r: &Running) {
             started_ns: Some(r.started_ns),
             error: None,
             sessions: Vec::new(),
+            gc: None,
+            purge: None,
         };
         match req {
             Request::Status => {
@@ -497,6 +583,54 @@ fn control_loop(r: &Running) {
                     .collect();
                 invalidate(r, &paths);
                 let _ = reply(&conn, base, None);
+            }
+            Request::Gc {
+                dry_run,
+                keep_within,
+                max_size,
+            } => {
+                let store = r.shared.store().clone();
+                // In its own thread: the control socket keeps answering meanwhile.
+                std::thread::spawn(move || {
+                    let rep = gc::policy(&store, keep_within.as_deref(), max_size.as_deref())
+                        .and_then(|retention| {
+                            gc::gc(
+                                &store,
+                                &gc::Options {
+                                    retention,
+                                    dry_run,
+                                    in_daemon: true,
+                                    pid: std::process::id(),
+                                    comm: "saferoot".into(),
+                                },
+                            )
+                        });
+                    let rep = match rep {
+                        Ok(g) => Reply {
+                            gc: Some(g),
+                            ..base
+                        },
+                        Err(e) => err_reply(e.to_string()),
+                    };
+                    let _ = reply(&conn, rep, None);
+                });
+            }
+            Request::Purge { paths, dry_run } => {
+                let store = r.shared.store().clone();
+                let paths: Vec<PathBuf> = paths
+                    .iter()
+                    .filter_map(|h| control::path_from_hex(h))
+                    .collect();
+                std::thread::spawn(move || {
+                    let rep = match gc::purge(&store, &paths, dry_run, true) {
+                        Ok(p) => Reply {
+                            purge: Some(p),
+                            ..base
+                        },
+                        Err(e) => err_reply(e.to_string()),
+                    };
+                    let _ = reply(&conn, rep, None);
+                });
             }
             Request::Umount { lazy } => {
                 let _answering = r.answering_umount.lock().unwrap_or_else(|p| p.into_inner());

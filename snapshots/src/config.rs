@@ -13,6 +13,12 @@
 //!
 //! The default list is used when the file does not exist or has no `scratch` key. The daemon
 //! reads the file when it mounts; a change takes effect at the next mount.
+//!
+//! ```toml
+//! [retention]              # what `saferoot gc` keeps (see gc.rs)
+//! keep_within = "14d"      # history younger than this; "off": no age limit
+//! max_size = "10GiB"       # store size cap: bytes ("500MiB", "2G") or "10%" of the filesystem
+//! ```
 
 use crate::{Error, Result, Store};
 use serde::Deserialize;
@@ -152,11 +158,179 @@ impl Protected {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// History younger than this is kept by default: two weeks.
+pub const DEFAULT_KEEP_WITHIN_NS: i64 = 14 * 86_400 * 1_000_000_000;
+/// The default store size cap: 10 GiB or 10% of the filesystem, whichever is smaller.
+pub const DEFAULT_MAX_BYTES: u64 = 10 << 30;
+pub const DEFAULT_MAX_PERCENT: f64 = 10.0;
+
+/// A cap on the store's size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SizeCap {
+    /// No cap.
+    Off,
+    Bytes(u64),
+    /// A share of the size of the filesystem the store is on.
+    Percent(f64),
+    /// The built-in default: the smaller of [`DEFAULT_MAX_BYTES`] and [`DEFAULT_MAX_PERCENT`].
+    Default,
+}
+
+impl SizeCap {
+    /// Parse `10GiB`, `500MiB`, `2G`, `4096`, `10%` or `off`.
+    pub fn parse(s: &str) -> Result<SizeCap> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+            return Ok(SizeCap::Off);
+        }
+        let bad = || {
+            Error::Invalid(format!(
+                "invalid size {s:?} (examples: 10GiB, 500MiB, 2G, 4096, 10%, off)"
+            ))
+        };
+        if let Some(p) = t.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(bad());
+            }
+            return Ok(SizeCap::Percent(v));
+        }
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let v: f64 = num.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            _ => return Err(bad()),
+        };
+        if !v.is_finite() || v < 0.0 {
+            return Err(bad());
+        }
+        Ok(SizeCap::Bytes((v * mult as f64) as u64))
+    }
+
+    /// The cap in bytes for a filesystem of `fs_bytes`; `None`: no cap.
+    pub fn bytes(self, fs_bytes: u64) -> Option<u64> {
+        let pct = |p: f64| (fs_bytes as f64 * p / 100.0) as u64;
+        match self {
+            SizeCap::Off => None,
+            SizeCap::Bytes(b) => Some(b),
+            SizeCap::Percent(p) => Some(pct(p)),
+            SizeCap::Default => Some(DEFAULT_MAX_BYTES.min(pct(DEFAULT_MAX_PERCENT))),
+        }
+    }
+
+    /// As people write it.
+    pub fn describe(self) -> String {
+        match self {
+            SizeCap::Off => "no size cap".into(),
+            SizeCap::Bytes(b) => crate::human_bytes(b),
+            SizeCap::Percent(p) => format!("{p}% of the filesystem"),
+            SizeCap::Default => format!(
+                "{} or {DEFAULT_MAX_PERCENT}% of the filesystem, whichever is smaller",
+                crate::human_bytes(DEFAULT_MAX_BYTES)
+            ),
+        }
+    }
+}
+
+/// Parse a duration: `14d`, `36h`, `90m`, `45s`, `2w`, sums such as `1d12h`, or `off`
+/// (`None`). Returns nanoseconds.
+pub fn parse_duration(s: &str) -> Result<Option<i64>> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let bad = || {
+        Error::Invalid(format!(
+            "invalid duration {s:?} (examples: 14d, 36h, 90m, 2w, 1d12h, off)"
+        ))
+    };
+    let mut total: i64 = 0;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if n == 0 {
+            return Err(bad());
+        }
+        let v: i64 = rest[..n].parse().map_err(|_| bad())?;
+        let u = rest[n..].chars().next().ok_or_else(bad)?;
+        let secs: i64 = match u {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        total = v
+            .checked_mul(secs * 1_000_000_000)
+            .and_then(|x| total.checked_add(x))
+            .ok_or_else(bad)?;
+        rest = &rest[n + u.len_utf8()..];
+    }
+    Ok(Some(total))
+}
+
+/// A duration in nanoseconds as people write it (`14d`, `1d12h`, `90m`).
+pub fn describe_duration(ns: i64) -> String {
+    let mut s = ns / 1_000_000_000;
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if s >= len {
+            out.push_str(&format!("{}{unit}", s / len));
+            s %= len;
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
+/// What `gc` keeps: `[retention]` in config.toml.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    /// History younger than this is kept (unless the size cap needs it); `None`: any age.
+    pub keep_within_ns: Option<i64>,
+    pub max_size: SizeCap,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_within_ns: Some(DEFAULT_KEEP_WITHIN_NS),
+            max_size: SizeCap::Default,
+        }
+    }
+}
+
+impl Retention {
+    pub fn describe(&self) -> String {
+        format!(
+            "keep {}, at most {}",
+            self.keep_within_ns
+                .map(|d| format!("{} of history", describe_duration(d)))
+                .unwrap_or_else(|| "history of any age".into()),
+            self.max_size.describe()
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub scratch: Vec<Pattern>,
     /// [`ALWAYS_PROTECTED`] plus the project's own `protect` entries.
     pub protect: Vec<Protected>,
+    pub retention: Retention,
 }
 
 impl Default for Config {
@@ -170,6 +344,7 @@ impl Default for Config {
                 .iter()
                 .map(|p| Protected::parse(p).expect("built-in protected paths are valid"))
                 .collect(),
+            retention: Retention::default(),
         }
     }
 }
@@ -179,6 +354,14 @@ impl Default for Config {
 struct File {
     scratch: Option<Vec<String>>,
     protect: Option<Vec<String>>,
+    retention: Option<RetentionFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    keep_within: Option<String>,
+    max_size: Option<String>,
 }
 
 impl Config {
@@ -194,6 +377,15 @@ impl Config {
         }
         for p in f.protect.unwrap_or_default() {
             c.protect.push(Protected::parse(&p)?);
+        }
+        if let Some(r) = f.retention {
+            let ctx = |e: Error| Error::Invalid(format!("{CONFIG_FILE}: [retention] {e}"));
+            if let Some(k) = r.keep_within {
+                c.retention.keep_within_ns = parse_duration(&k).map_err(ctx)?;
+            }
+            if let Some(m) = r.max_size {
+                c.retention.max_size = SizeCap::parse(&m).map_err(ctx)?;
+            }
         }
         Ok(c)
     }
@@ -328,6 +520,34 @@ mod tests {
         assert!(Config::default()
             .protected(Path::new(".git/hooks/x"), false)
             .is_some());
+    }
+
+    #[test]
+    fn retention_sizes_and_durations() {
+        let c =
+            Config::parse("[retention]\nkeep_within = \"1d12h\"\nmax_size = \"1.5GiB\"").unwrap();
+        assert_eq!(c.retention.keep_within_ns, Some(36 * 3600 * 1_000_000_000));
+        assert_eq!(c.retention.max_size, SizeCap::Bytes(3 << 29));
+        assert_eq!(Config::parse("").unwrap().retention, Retention::default());
+        assert_eq!(SizeCap::parse("10%").unwrap(), SizeCap::Percent(10.0));
+        assert_eq!(SizeCap::parse("off").unwrap(), SizeCap::Off);
+        assert_eq!(SizeCap::parse("4096").unwrap(), SizeCap::Bytes(4096));
+        assert_eq!(SizeCap::Default.bytes(1 << 40), Some(10 << 30));
+        assert_eq!(SizeCap::Default.bytes(1 << 30), Some((1u64 << 30) / 10));
+        assert_eq!(parse_duration("off").unwrap(), None);
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Some(14 * 86_400 * 1_000_000_000)
+        );
+        assert_eq!(describe_duration(36 * 3600 * 1_000_000_000), "1d12h");
+        for bad in ["", "14", "d", "14x", "-3d", "1.5d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["", "10XB", "-1G", "0%", "150%", "ten"] {
+            assert!(SizeCap::parse(bad).is_err(), "{bad:?}");
+        }
+        let e = Config::parse("[retention]\nmax_size = \"lots\"").unwrap_err();
+        assert!(e.to_string().contains("[retention]"), "{e}");
     }
 
     #[test]

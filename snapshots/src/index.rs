@@ -108,6 +108,48 @@ pub fn read(store: &Store) -> Result<Vec<Entry>> {
         .collect())
 }
 
+/// Drop the entries of trash items that are gone (collected by `gc` or purged), rewriting
+/// the index (through a temporary file and a rename) only if there are any. Not while a
+/// daemon's [`Indexer`] appends to it. Returns how many were dropped.
+pub fn prune(store: &Store) -> Result<usize> {
+    let entries = read(store)?;
+    let (keep, gone): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| {
+        nix::sys::stat::fstatat(
+            store.dir(),
+            &e.trash,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+    });
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let path = store.dir_path().join(INDEX_FILE);
+    let tmp = Path::new(crate::store::TMP_DIR).join(format!("index.new.{}", std::process::id()));
+    let fd = nix::fcntl::openat(
+        store.dir(),
+        &tmp,
+        nix::fcntl::OFlag::O_WRONLY
+            | nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_TRUNC
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Error::io("create", &store.dir_path().join(&tmp), e))?;
+    let mut f = std::fs::File::from(fd);
+    for e in &keep {
+        append(&mut f, e, store)?;
+    }
+    f.sync_all().map_err(|e| Error::Io {
+        op: "fsync",
+        path: path.clone(),
+        cause: e,
+    })?;
+    nix::fcntl::renameat(store.dir(), &tmp, store.dir(), INDEX_FILE)
+        .map_err(|e| Error::io("replace", &path, e))?;
+    Ok(gone.len())
+}
+
 /// Index every regular file in the trash that the index does not list yet. Returns how many
 /// were added.
 pub fn reindex(store: &Store) -> Result<usize> {

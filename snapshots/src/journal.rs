@@ -371,6 +371,109 @@ impl Journal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Replace the journal's content: `edit` gets the current bytes and returns the new ones
+    /// (starting with the header). Appends from this process wait meanwhile; other processes
+    /// must be kept out by the caller ([`crate::Store::exclusive`]). Crash-safe: the new
+    /// content is written to `tmp/`, fsynced and renamed over the journal, and the store
+    /// directory fsynced, so the journal is always either the old or the new one.
+    pub fn rewrite(
+        &self,
+        store: BorrowedFd<'_>,
+        edit: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |e: nix::errno::Errno| Error::io(op, &path, e)
+        };
+        let mut old = Vec::new();
+        let rd = nix::fcntl::openat(
+            store,
+            JOURNAL_FILE,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(io("open journal", &self.path))?;
+        File::from(rd)
+            .read_to_end(&mut old)
+            .map_err(|e| Error::Io {
+                op: "read journal",
+                path: self.path.clone(),
+                cause: e,
+            })?;
+        let new = edit(&old)?;
+        let store_dir = self.path.parent().unwrap_or(Path::new("."));
+        match nix::sys::stat::mkdirat(
+            store,
+            crate::store::TMP_DIR,
+            nix::sys::stat::Mode::from_bits_truncate(0o700),
+        ) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(Error::io(
+                    "mkdir",
+                    &store_dir.join(crate::store::TMP_DIR),
+                    e,
+                ))
+            }
+        }
+        let tmp =
+            Path::new(crate::store::TMP_DIR).join(format!("journal.new.{}", std::process::id()));
+        let tmp_shown = store_dir.join(&tmp);
+        let fd = nix::fcntl::openat(
+            store,
+            &tmp,
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_TRUNC
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(io("create", &tmp_shown))?;
+        let mut out = File::from(fd);
+        let written = out
+            .write_all(&new)
+            .and_then(|()| out.sync_all())
+            .map_err(|e| Error::Io {
+                op: "write",
+                path: tmp_shown.clone(),
+                cause: e,
+            });
+        if let Err(e) = written {
+            let _ = nix::unistd::unlinkat(store, &tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        drop(out);
+        nix::fcntl::renameat(store, &tmp, store, JOURNAL_FILE)
+            .map_err(io("replace journal", &self.path))?;
+        nix::unistd::fsync(store).map_err(io("fsync", store_dir))?;
+        let fd = nix::fcntl::openat(
+            store,
+            JOURNAL_FILE,
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_APPEND
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(io("open journal", &self.path))?;
+        *f = File::from(fd);
+        Ok(())
+    }
+}
+
+/// The journal's lines: each one's bytes (without the newline) and its record, `None` when it
+/// is damaged. The header is left out; a last line without its newline is included.
+pub fn lines(buf: &[u8]) -> Vec<(&[u8], Option<Record>)> {
+    let body = buf.strip_prefix(HEADER.as_bytes()).unwrap_or(buf);
+    let mut out: Vec<(&[u8], Option<Record>)> = body
+        .split(|&c| c == b'\n')
+        .map(|l| (l, decode_line(l)))
+        .collect();
+    if out.last().is_some_and(|(l, _)| l.is_empty()) {
+        out.pop();
+    }
+    out
 }
 
 fn last_byte(store: BorrowedFd<'_>, path: &Path) -> Result<Option<u8>> {

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod denials;
+pub mod gc;
 mod hashcache;
 pub mod index;
 pub mod journal;
@@ -21,6 +22,22 @@ pub use journal::{Journal, Kind, Op, Record};
 pub use store::Store;
 
 use std::path::{Path, PathBuf};
+
+/// 1536 → "1.5 KiB".
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
 
 /// Errors name the operation and the path they happened on.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,8 @@ pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
 pub fn recover(store: &Store) -> Result<usize> {
     let (records, _) = journal::read(store.dir(), store.dir_path())?;
     let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
+    // Items older than where history now starts are what an interrupted `gc` left to delete.
+    let horizon = journal::horizon(&records).map_or(i64::MIN, |(h, _)| h);
     let is_known = |rel: &Path| rel.ancestors().any(|a| known.contains(a));
     let root = PathBuf::from(format!(
         "/proc/self/fd/{}/{}",
@@ -63,6 +65,9 @@ pub fn recover(store: &Store) -> Result<usize> {
         let Some(t) = bucket_end_ns(bucket) else {
             continue;
         };
+        if t < horizon {
+            continue;
+        }
         let rel: PathBuf = comps.as_path().to_owned();
         let Ok(md) = ent.path().symlink_metadata() else {
             continue;

@@ -58,6 +58,30 @@ pub struct Store {
     /// blake3 of files by (dev, ino), valid while their CacheKey is unchanged.
     hash_cache: Mutex<HashMap<(u64, u64), (CacheKey, String)>>,
     tmp_seq: std::sync::atomic::AtomicU64,
+    /// `.saferoot/lock`, held shared (`flock`) while this store is open; `gc` and `trash
+    /// purge` hold it exclusive while they rewrite the journal and delete ([`Store::exclusive`]).
+    lock: OwnedFd,
+    /// Objects this process just named (a pre-image about to be journaled): collection must
+    /// leave them alone even though no record refers to them yet ([`Store::remove_object`]).
+    pinned: Mutex<HashMap<String, std::time::Instant>>,
+    /// Bytes added to the trash and the object store since the store was opened (for the
+    /// daemon's automatic collection when the size cap is crossed).
+    added: std::sync::atomic::AtomicU64,
+}
+
+/// A pinned object stays uncollectable this long after it was named.
+const PIN_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+/// The lock file in the store.
+pub const LOCK_FILE: &str = "lock";
+
+/// The store held exclusively (see [`Store::exclusive`]); back to shared when dropped.
+pub struct Exclusive<'a>(&'a Store);
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        // SAFETY: flock on a descriptor this store owns.
+        unsafe { libc::flock(self.0.lock.as_raw_fd(), libc::LOCK_SH) };
+    }
 }
 
 /// Reject absolute paths, `..`, and empty paths: every path the store handles is inside the
@@ -187,6 +211,21 @@ impl Store {
             Err(Errno::ENOENT) => init_layout(dir.as_fd(), &dir_path)?,
             Err(e) => return Err(Error::io("read", &dir_path.join(FORMAT_FILE), e)),
         }
+        let lock = nix::fcntl::openat(
+            dir.as_fd(),
+            LOCK_FILE,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| Error::io("open", &dir_path.join(LOCK_FILE), e))?;
+        // Shared: only `gc` and `trash purge` exclude the others, briefly.
+        // SAFETY: flock on a descriptor we own.
+        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) } != 0 {
+            let e = Errno::last();
+            if e != Errno::EINTR {
+                return Err(Error::io("lock", &dir_path.join(LOCK_FILE), e));
+            }
+        }
         let journal = Journal::open(dir.as_fd(), &dir_path)?;
         let hash_cache = crate::hashcache::load(dir.as_fd());
         let project = project.try_clone_to_owned().map_err(|e| Error::Io {
@@ -204,7 +243,72 @@ impl Store {
             buckets: Mutex::new((String::new(), HashMap::new())),
             hash_cache: Mutex::new(hash_cache),
             tmp_seq: std::sync::atomic::AtomicU64::new(0),
+            lock,
+            pinned: Mutex::new(HashMap::new()),
+            added: std::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// Hold the store exclusively: no other process has it open (each open store holds the
+    /// lock shared). Fails at once, with a message for people, if another does.
+    pub fn exclusive(&self) -> Result<Exclusive<'_>> {
+        // SAFETY: flock on a descriptor this store owns.
+        if unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Exclusive(self));
+        }
+        let e = Errno::last();
+        // A failed conversion may have dropped the shared lock: take it again.
+        // SAFETY: as above.
+        unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_SH) };
+        if e == Errno::EWOULDBLOCK {
+            return Err(Error::Invalid(
+                "another saferoot command is using the store (a restore, snapshot, log or \
+                 status); try again when it is done"
+                    .into(),
+            ));
+        }
+        Err(Error::io("lock", &self.dir_path.join(LOCK_FILE), e))
+    }
+
+    /// Keep the object `hex` from being collected for a while: it is about to be journaled.
+    fn pin(&self, hex: &str) {
+        let mut p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if p.len() > 4096 {
+            p.retain(|_, at| at.elapsed() < PIN_FOR);
+        }
+        p.insert(hex.to_owned(), std::time::Instant::now());
+    }
+
+    /// Delete the object `hex` unless it was pinned lately (a record about to refer to it).
+    /// Returns the bytes freed, `None` if it was kept or absent.
+    pub fn remove_object(&self, hex: &str) -> Option<u64> {
+        let p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if p.get(hex).is_some_and(|at| at.elapsed() < PIN_FOR) {
+            return None;
+        }
+        let rel = object_rel(hex);
+        let st =
+            nix::sys::stat::fstatat(self.dir.as_fd(), &rel, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        nix::unistd::unlinkat(
+            self.dir.as_fd(),
+            &rel,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+        .ok()?;
+        Some(st.st_blocks as u64 * 512)
+    }
+
+    /// Bytes added to the trash and objects since the store was opened.
+    pub fn added_bytes(&self) -> u64 {
+        self.added.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Forget which directories were made (collection removed some).
+    pub fn forget_made_dirs(&self) {
+        self.made_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     pub fn journal(&self) -> &Journal {
@@ -409,6 +513,14 @@ impl Store {
             };
             match place(dir.as_fd(), leaf) {
                 Ok(()) => {
+                    if let Ok(st) =
+                        nix::sys::stat::fstatat(dir.as_fd(), leaf, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    {
+                        self.added.fetch_add(
+                            st.st_blocks as u64 * 512,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
                     let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
                     if b.0 == stamp {
                         b.1.insert(rel.to_owned(), n + 1);
@@ -524,6 +636,7 @@ impl Store {
             unlink_tmp();
             return Err(e);
         }
+        self.pin(&hex);
         let placed = nix::unistd::fsync(dst.as_fd()).and_then(|()| {
             nix::fcntl::renameat2(
                 self.dir.as_fd(),
@@ -534,7 +647,15 @@ impl Store {
             )
         });
         match placed {
-            Ok(()) => Ok(hex),
+            Ok(()) => {
+                if let Ok(st) = nix::sys::stat::fstat(dst.as_fd()) {
+                    self.added.fetch_add(
+                        st.st_blocks as u64 * 512,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+                Ok(hex)
+            }
             Err(Errno::EEXIST) => {
                 unlink_tmp();
                 Ok(hex)
@@ -581,6 +702,8 @@ impl Store {
     /// unchanged since it was last kept.
     pub fn preimage(&self, fd: BorrowedFd<'_>, st: &nix::sys::stat::FileStat) -> Result<String> {
         if let Some(h) = self.cached_hash(st) {
+            // Pinned before it is looked at: collection either leaves it or is done with it.
+            self.pin(&h);
             if self.has_object(&h) {
                 return Ok(h);
             }

@@ -47,7 +47,9 @@ pub fn resolve(store: &Store, s: &str, now_ns: i64) -> Result<i64> {
     }
     if !name.is_empty() && name.bytes().all(|c| c.is_ascii_digit()) {
         return match name.parse::<u64>() {
-            Ok(n) => manifest::info(store, n).map(|i| i.t),
+            Ok(n) => manifest::info(store, n)
+                .map(|i| i.t)
+                .map_err(|e| collected_snapshot(store, n).unwrap_or(e)),
             Err(_) => Err(Error::Invalid(format!(
                 "no snapshot {name}; `saferoot snapshots` lists them"
             ))),
@@ -56,6 +58,22 @@ pub fn resolve(store: &Store, s: &str, now_ns: i64) -> Result<i64> {
     Err(Error::Invalid(format!(
         "cannot read time {s:?}: after `@` give a snapshot number (`@3`, see `saferoot \
          snapshots`) or `start` (the start of the last `saferoot run`)"
+    )))
+}
+
+/// If snapshot `n` is missing because `gc` collected it (older than every snapshot left, with
+/// a `gc` record in the journal), the error that says so.
+fn collected_snapshot(store: &Store, n: u64) -> Option<Error> {
+    let oldest_left = manifest::list(store).ok()?.iter().map(|i| i.n).min()?;
+    if n >= oldest_left {
+        return None;
+    }
+    let (records, _) = journal::read(store.dir(), store.dir_path()).ok()?;
+    let (h, r) = journal::horizon(&records)?;
+    Some(Error::Invalid(format!(
+        "snapshot {n} is gone: {}; the oldest restorable instant is {}",
+        crate::restore::horizon_reason(r),
+        format_utc(h)
     )))
 }
 

@@ -1,0 +1,263 @@
+//! Retention on real mounts (issue 6, test 1): `gc` keeps the store under its cap, the newest
+//! history still restores byte for byte, a collected instant is refused with the documented
+//! message, the daemon collects by itself when the cap is crossed, and `trash purge` deletes
+//! for good and only when told to.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Store size (trash, objects, journal) as `status --json` reports it.
+fn store_bytes(p: &Project) -> u64 {
+    let o = p.run(&["status", "--json"]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    v["store"]["total_bytes"].as_u64().expect("total_bytes")
+}
+
+fn write_config(p: &Project, text: &str) {
+    std::fs::write(p.dir().join(".saferoot/config.toml"), text).unwrap();
+}
+
+/// Every file under `root` whose content contains `needle`.
+fn files_containing(root: &Path, needle: &[u8]) -> Vec<String> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| {
+            std::fs::read(e.path())
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+#[test]
+fn gc_keeps_the_cap_and_the_newest_history_restores_exactly() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::source_tree();
+    // The store exists after the first mount; no cap from the config (the test sets it on the
+    // command line, so the daemon's own collection stays out of the way).
+    p.mount();
+    p.umount();
+    write_config(
+        &p,
+        "[retention]\nkeep_within = \"off\"\nmax_size = \"off\"\n",
+    );
+    p.mount();
+    tick();
+    let t_first = now_rfc3339();
+    tick();
+    // Five rounds of history: 1 MiB written and deleted, a source file edited, a snapshot.
+    for i in 0..5 {
+        assert_ok(&p.sh(&format!(
+            "mkdir -p blobs && head -c 1048576 /dev/urandom > blobs/b{i} && rm blobs/b{i} && \
+             sed -i 's/$/ /' README.md"
+        )));
+        assert_ok(&p.run(&["snapshot"]));
+    }
+    let before_gc = store_bytes(&p);
+    assert!(
+        before_gc > 5 << 20,
+        "history should hold 5 MiB: {before_gc}"
+    );
+    let journal_before = p.log_json().len();
+
+    // A dry run says what it would do and changes nothing.
+    let o = p.run(&["gc", "--dry-run", "--max-size", "2MiB"]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("would free about"), "{}", stdout(&o));
+    assert_eq!(store_bytes(&p), before_gc);
+    assert_eq!(p.log_json().len(), journal_before);
+
+    // The real thing, through the daemon.
+    let o = p.run(&["gc", "--max-size", "2MiB", "--json"]);
+    assert_ok(&o);
+    let rep: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(rep["records_dropped"].as_u64().unwrap() > 0, "{rep}");
+    assert!(rep["cap_unmet"].is_null(), "{rep}");
+    let after_gc = store_bytes(&p);
+    assert!(
+        after_gc <= 2 << 20,
+        "cap 2 MiB does not hold: {after_gc} bytes"
+    );
+    assert_eq!(rep["size_after"].as_u64().unwrap(), after_gc);
+
+    // A collected instant is refused, plainly, and nothing changes.
+    let live = digest(p.dir());
+    let o = p.run(&["restore", &t_first]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("was collected by `saferoot gc`")
+            && e.contains("the oldest restorable instant is"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    assert_same_tree(&live, &digest(p.dir()));
+    let o = p.run(&["diff", &t_first]);
+    assert!(!o.status.success() && stderr(&o).contains("collected by `saferoot gc`"));
+
+    // The newest snapshot and everything since restore byte for byte.
+    let newest = {
+        let o = p.run(&["snapshots", "--json"]);
+        assert_ok(&o);
+        let last = stdout(&o).lines().last().unwrap().to_owned();
+        let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+        format!("@{}", v["n"])
+    };
+    tick();
+    let t_live = now_rfc3339();
+    tick();
+    assert_ok(&p.sh("rm -rf src docs README.md && echo clobbered > Cargo.toml"));
+    assert_ok(&p.run(&["restore", &t_live]));
+    assert_same_tree(&live, &digest(p.dir()));
+    let out = tempfile::tempdir().unwrap();
+    let to = out.path().join("t");
+    assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), &newest]));
+    assert_same_tree(&live, &digest(&to));
+
+    // Unmounted, gc works on the store directly, and a second run finds nothing more to do
+    // than the newest snapshot (the one taken at unmount) allows.
+    p.umount();
+    let newest_then = newest.clone();
+    let o = p.run(&["gc", "--keep-within", "0s"]);
+    assert_ok(&o);
+    let o = p.run(&["gc", "--keep-within", "0s", "--json"]);
+    assert_ok(&o);
+    let rep: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(rep["records_dropped"], 0, "{rep}");
+    // No trash item or object is left that no record refers to.
+    let mut referenced = std::collections::HashSet::new();
+    for r in p.log_json() {
+        for k in ["trash", "object"] {
+            if let Some(s) = r[k].as_str() {
+                referenced.insert(s.to_owned());
+            }
+        }
+    }
+    let store = p.dir().join(".saferoot");
+    for e in walkdir::WalkDir::new(store.join("objects")).min_depth(2) {
+        let e = e.unwrap();
+        let hex: String = e
+            .path()
+            .strip_prefix(store.join("objects"))
+            .unwrap()
+            .to_string_lossy()
+            .replace('/', "");
+        assert!(referenced.contains(&hex), "unreferenced object {hex}");
+    }
+    p.mount();
+    let o = p.run(&["restore", "--dry-run", &newest_then]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("snapshot {} is gone", &newest_then[1..]))
+            && stderr(&o).contains("collected by `saferoot gc`"),
+        "{}",
+        stderr(&o)
+    );
+    // The snapshot taken at unmount (the newest before this mount's) is where history starts.
+    let o = p.run(&["snapshots", "--json"]);
+    let listing = stdout(&o);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the unmount snapshot and this mount's: {lines:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let o = p.run(&["restore", "--dry-run", &format!("@{}", v["n"])]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("0 path(s) would change")
+            || stderr(&o).contains("0 path(s) would change")
+    );
+    p.umount();
+}
+
+#[test]
+fn the_daemon_collects_when_the_cap_is_crossed() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    p.umount();
+    write_config(
+        &p,
+        "[retention]\nkeep_within = \"off\"\nmax_size = \"1MiB\"\n",
+    );
+    p.mount();
+    assert_ok(&p.sh("head -c 3145728 /dev/urandom > big && rm big"));
+    // History before this snapshot may go; what comes after it never does.
+    assert_ok(&p.run(&["snapshot"]));
+    assert_ok(&p.sh("head -c 1572864 /dev/urandom > more && rm more"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let gcs = p.log_json().into_iter().filter(|r| r["op"] == "gc").count();
+        let size = store_bytes(&p);
+        if gcs > 0 && size < 3 << 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no automatic gc within 30 s (store {size} bytes, {gcs} gc record(s))"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The deletion after the snapshot is still restorable.
+    let o = p.run(&["trash", "list", "--json", "more"]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("\"present\":true"), "{}", stdout(&o));
+    p.umount();
+}
+
+#[test]
+fn trash_purge_asks_then_deletes_for_good() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    let secret = b"s3cr3t-token-4b1f9c";
+    std::fs::write(p.dir().join("keep.txt"), b"keep me\n").unwrap();
+    std::fs::write(p.dir().join("secret.txt"), secret).unwrap();
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    assert_ok(&p.sh("rm secret.txt keep.txt"));
+
+    // Not on a terminal and no --yes: refused, nothing deleted.
+    let o = p.run(&["trash", "purge", "secret.txt"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+    let o = p.run(&["restore", "--dry-run", &t0]);
+    assert!(stdout(&o).contains("+ secret.txt"), "{}", stdout(&o));
+
+    let o = p.run(&["trash", "purge", "--yes", "secret.txt"]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("purged 1 kept version"),
+        "{}",
+        stdout(&o)
+    );
+    // A restore to before brings back what was not purged, and says what it cannot.
+    assert_ok(&p.run(&["restore", &t0]));
+    assert_eq!(
+        std::fs::read(p.dir().join("keep.txt")).unwrap(),
+        b"keep me\n"
+    );
+    assert!(!p.dir().join("secret.txt").exists());
+    p.umount();
+    // The bytes are nowhere in the store.
+    let found = files_containing(&p.dir().join(".saferoot"), secret);
+    assert!(found.is_empty(), "secret still stored in {found:?}");
+    let o = p.run(&["trash", "purge", "--yes", "nothing-here"]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("nothing kept"), "{}", stdout(&o));
+}
