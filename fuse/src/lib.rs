@@ -1567,7 +1567,7 @@ impl Shared {
         loop {
             {
                 let b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
-                if !b.as_ref().is_some_and(|(_, n)| *n > 0) {
+                if b.as_ref().is_none_or(|(_, n)| *n == 0) {
                     node.direct.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }

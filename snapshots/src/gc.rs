@@ -129,7 +129,7 @@ pub fn usage(store: &Store) -> Usage {
 /// Size of the filesystem the store is on.
 pub fn filesystem_bytes(store: &Store) -> u64 {
     nix::sys::statvfs::fstatvfs(store.dir())
-        .map(|v| v.blocks() as u64 * v.fragment_size() as u64)
+        .map(|v| v.blocks() * v.fragment_size())
         .unwrap_or(0)
 }
 
