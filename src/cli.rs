@@ -326,6 +326,7 @@ pub fn main() -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    crate::progress_bar::install();
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -11,6 +11,7 @@ pub mod history_cmd;
 pub mod mounts;
 pub mod policy;
 pub mod profile;
+pub mod progress_bar;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;

@@ -156,6 +156,7 @@ struct Plan {
 /// Collect according to `opts`.
 pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
     let started = std::time::Instant::now();
+    let _progress = crate::progress::task("gc", None);
     let _held = if opts.dry_run {
         None
     } else {
@@ -253,6 +254,7 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
             continue;
         }
         if remove_tree(store.dir(), p).is_ok() {
+            crate::progress::advance(1);
             report.trash_items_freed += 1;
             prune_empty_parents(store.dir(), p);
         }
@@ -574,6 +576,7 @@ fn remove_unreferenced_objects(store: &Store, kept: &HashSet<String>) -> usize {
                 continue;
             }
             if store.remove_object(&hex).is_some() {
+                crate::progress::advance(1);
                 removed += 1;
             }
         }

@@ -12,6 +12,7 @@ mod hashcache;
 pub mod index;
 pub mod journal;
 pub mod manifest;
+pub mod progress;
 pub mod recover;
 pub mod relpath;
 pub mod restore;

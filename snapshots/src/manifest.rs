@@ -170,7 +170,9 @@ fn ctime_ns(st: &FileStat) -> i64 {
 pub fn take(store: &Store, reason: &str) -> Result<SnapshotInfo> {
     let t = crate::now_ns();
     let config = crate::config::Config::load(store)?;
+    let progress = crate::progress::task("snapshot", None);
     let (entries, stats) = scan(store, &config)?;
+    drop(progress);
     let meta = Meta {
         t,
         reason: reason.to_owned(),
@@ -450,6 +452,7 @@ impl Walker<'_> {
             let Some(kind) = Kind::from_mode(st.st_mode) else {
                 continue;
             };
+            crate::progress::advance(1);
             let mut entry = ManifestEntry {
                 path: sub.clone(),
                 kind,

@@ -155,6 +155,7 @@ fn restore_as(store: &Store, opts: &Options, privileged: bool) -> Result<Report>
             target_t: Some(opts.target_t),
             ..ex.record(Op::Restore, &marker_path)
         })?;
+        let _progress = crate::progress::task("restore", Some(plan.len() as u64));
         ex.run(&plan)?;
         store.journal().sync()?;
     }
@@ -403,7 +404,9 @@ fn materialize_as(
     let mut finish: Vec<(PathBuf, Entry)> = Vec::new();
     let mut changes = Vec::new();
     let mut written = Vec::new();
+    let _progress = crate::progress::task("restore --to", Some(todo.len() as u64));
     for (p, e) in &todo {
+        crate::progress::advance(1);
         let Ok((d, n)) = split(p) else { continue };
         if !d.as_os_str().is_empty() && !made.contains(d) {
             // Below something that could not be written (its warning says why).
@@ -1996,6 +1999,7 @@ impl Exec<'_, '_> {
         // 2. Put back what T had, parents before children; fix modes in place.
         let mut finish: BTreeMap<PathBuf, FinishDir> = BTreeMap::new();
         for (p, s) in plan {
+            crate::progress::advance(1);
             match (s.mark, &s.cur, &s.want) {
                 (Mark::Mode, Some(c), Some(w)) if c.kind == Kind::Dir => {
                     finish.insert(
