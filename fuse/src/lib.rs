@@ -81,9 +81,6 @@ struct OpenFile {
     close_journaled: std::sync::atomic::AtomicBool,
     /// The node in whose `direct` handles this one is counted (served with direct I/O).
     direct_of: Mutex<Option<Arc<Node>>>,
-    /// A close(2) of a descriptor of this handle was seen (FLUSH): its release is likely on
-    /// its way (the kernel sends it asynchronously, after close has returned).
-    flushed: std::sync::atomic::AtomicBool,
 }
 
 impl OpenFile {
@@ -94,7 +91,6 @@ impl OpenFile {
             writer_of,
             close_journaled: std::sync::atomic::AtomicBool::new(false),
             direct_of: Mutex::new(None),
-            flushed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -188,9 +184,9 @@ const LINK_PEERS_MAX: usize = 65_536;
 
 /// Passthrough registrations kept for files no handle has open (see `Shared::idle_backing`).
 const IDLE_BACKING_MAX: usize = 4096;
-/// How long an open to append waits for the kernel to release handles whose processes have
-/// closed them already ([`Shared::reserve_direct`]); the release usually follows within a
-/// fraction of a millisecond.
+/// How long an open to append waits, on a full store, for the kernel to release handles whose
+/// processes have closed them already ([`Shared::reserve_direct`]); the release usually
+/// follows within a fraction of a millisecond.
 const PENDING_RELEASE_WAIT: Duration = Duration::from_millis(50);
 
 /// Open a file to copy its bytes into the store: `open` called with [`PREIMAGE_READ`], and
@@ -462,6 +458,9 @@ impl Shared {
     /// something could change them ([`Shared::keep_session`]).
     fn begin_write(&self, req: &Request, node: &Arc<Node>, keep: Keep) -> Result<(), Errno> {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+        if self.trash_only(node) {
+            return Err(Errno::ESTALE);
+        }
         let new_session = w.n == 0 || node.session_closed.swap(false, Ordering::Relaxed);
         if node.fmt != libc::S_IFREG || keep == Keep::No {
             if new_session {
@@ -478,6 +477,19 @@ impl Shared {
         }
         w.n += 1;
         Ok(())
+    }
+
+    /// Is `node` reachable only through its link in the trash (removed or replaced through
+    /// the mount, and no other name left)? A request that reaches it all the same raced with
+    /// the removal (a path looked up just before): writing to it would change bytes the trash
+    /// keeps. Such requests get ESTALE, on which the kernel looks the path up again (the name
+    /// now leads to whatever replaced the file) and retries. Callers hold the node's
+    /// `writers` lock, which removals hold from their check of open writers to marking the
+    /// node diverted, so the answer cannot change under them.
+    fn trash_only(&self, node: &Node) -> bool {
+        node.diverted.load(Ordering::Relaxed)
+            && node.fmt != libc::S_IFDIR
+            && self.stat_node(node).is_ok_and(|st| st.st_nlink <= 1)
     }
 
     /// Keep the pre-image of `node` and journal it as the start of its write session.
@@ -836,22 +848,26 @@ impl Shared {
         };
         if st.st_nlink <= 1 || fmt == libc::S_IFDIR {
             // A file still open for writing keeps changing after it is moved: keep its bytes
-            // as they are now too, and let the record point at that copy.
+            // as they are now too, and let the record point at that copy. Held until the node
+            // is marked diverted: a writer opening it meanwhile either counts here, or finds
+            // it in the trash and is sent back to look the name up again.
             let node = self
                 .table
                 .known(st.st_dev, st.st_ino)
                 .and_then(|id| self.table.get(id).ok());
-            let open_for_writing = node
+            let writers = node
                 .as_ref()
-                .is_some_and(|n| n.writers.lock().unwrap_or_else(|p| p.into_inner()).n > 0);
+                .map(|n| n.writers.lock().unwrap_or_else(|p| p.into_inner()));
+            let open_for_writing = writers.as_ref().is_some_and(|w| w.n > 0);
             if open_for_writing && fmt == libc::S_IFREG {
                 self.keep_copy(dir, name, rel, st, t, &mut rec)?;
             }
             match self.store.divert_to_trash(dir, name, rel, t) {
                 Ok(trash) => {
-                    if let Some(n) = node {
+                    if let Some(n) = &node {
                         n.diverted.store(true, Ordering::Relaxed);
                     }
+                    drop(writers);
                     if fmt == libc::S_IFREG {
                         self.queue_index(trash.clone());
                     }
@@ -1043,11 +1059,15 @@ impl Shared {
         if dst_dir && !self.dir_is_empty(npfd.fd(), newname)? {
             return Err(Errno::ENOTEMPTY);
         }
-        let kept = self.keep_replaced(npfd.fd(), newname, &to_rel, &dst, t)?;
+        let mut kept = self.keep_replaced(npfd.fd(), newname, &to_rel, &dst, t)?;
         self.replace_with(&kept, &dst, (pfd.fd(), name), (npfd.fd(), newname))?;
         self.note_rename(&src, newparent.0, newname);
+        // Dated after the change: a write session of the replaced file that began before it
+        // must come first in time, so that restore undoes the removal before the session.
+        let done = now_ns();
+        kept.t = done;
         self.journal(req, kept);
-        self.journal(req, base);
+        self.journal(req, Record { t: done, ..base });
         Ok(())
     }
 
@@ -1099,6 +1119,14 @@ impl Shared {
         (to_dir, to): (BorrowedFd<'_>, &OsStr),
     ) -> Result<(), Errno> {
         let is_dir = dst.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        // Held from the rename to marking the node diverted (see `Shared::trash_only`).
+        let node = (dst.st_nlink <= 1 && !is_dir)
+            .then(|| self.table.known(dst.st_dev, dst.st_ino))
+            .flatten()
+            .and_then(|id| self.table.get(id).ok());
+        let writers = node
+            .as_ref()
+            .map(|n| n.writers.lock().unwrap_or_else(|p| p.into_inner()));
         // The empty directory was moved away already: the name must still be free.
         let flags = if is_dir {
             nix::fcntl::RenameFlags::RENAME_NOREPLACE
@@ -1124,11 +1152,10 @@ impl Shared {
         }
         if dst.st_nlink <= 1 && !is_dir {
             // Its only visible name is gone: the trash link must not show in its link count.
-            if let Some(id) = self.table.known(dst.st_dev, dst.st_ino) {
-                if let Ok(n) = self.table.get(id) {
-                    n.diverted.store(true, Ordering::Relaxed);
-                }
+            if let Some(n) = &node {
+                n.diverted.store(true, Ordering::Relaxed);
             }
+            drop(writers);
             if let Some(tr) = &kept.trash {
                 if dst.st_mode & libc::S_IFMT == libc::S_IFREG {
                     self.queue_index(tr.clone());
@@ -1558,12 +1585,14 @@ impl Shared {
 
     /// An append-only handle of `node` about to open: count it as a direct handle and return
     /// true, unless passthrough handles have the inode open (then it must be one too, and its
-    /// session keeps the old bytes at once). Handles already closed by their process but not
-    /// yet released by the kernel (`cat f; echo x >> f`: the release of `cat`'s handle comes
-    /// asynchronously) are waited for, up to [`PENDING_RELEASE_WAIT`]; a handle still in use
-    /// is not.
+    /// session keeps the old bytes at once). When the store has no room for that copy, the
+    /// open first waits, up to [`PENDING_RELEASE_WAIT`], for those handles to go: most often
+    /// they are already closed and only their release is on its way (`cat f; echo x >> f`:
+    /// the kernel releases `cat`'s handle asynchronously, after `close` returned; handles
+    /// opened only for reading send no FLUSH, so their close cannot be seen earlier).
     fn reserve_direct(&self, node: &Arc<Node>) -> bool {
         let deadline = Instant::now() + PENDING_RELEASE_WAIT;
+        let mut short = None;
         loop {
             {
                 let b = node.backing.lock().unwrap_or_else(|p| p.into_inner());
@@ -1572,24 +1601,22 @@ impl Shared {
                     return true;
                 }
             }
-            if Instant::now() >= deadline || !self.passthrough_handles_all_closed(node) {
+            let short = *short.get_or_insert_with(|| self.store_short_of(node));
+            if !short || Instant::now() >= deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 
-    /// Every open passthrough handle of `node` has seen a close(2) (its release is pending).
-    fn passthrough_handles_all_closed(&self, node: &Arc<Node>) -> bool {
-        let files = self.files.read().unwrap_or_else(|p| p.into_inner());
-        files.values().all(|f| {
-            f.flushed.load(Ordering::Relaxed)
-                || !f
-                    .backing_of
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .is_some_and(|n| Arc::ptr_eq(n, node))
+    /// The store's filesystem has no room for a copy of `node` (with a margin).
+    fn store_short_of(&self, node: &Node) -> bool {
+        let Ok(st) = self.stat_node(node) else {
+            return false;
+        };
+        nix::sys::statvfs::fstatvfs(self.store.dir()).is_ok_and(|v| {
+            v.blocks_available().saturating_mul(v.fragment_size())
+                < (st.st_size as u64).saturating_add(1 << 20)
         })
     }
 
@@ -1892,6 +1919,12 @@ impl Filesystem for SaferootFs {
             let (pfd, proc) = s.proc_of(&node)?;
             let before = nix::sys::stat::fstat(pfd.fd()).map_err(errno)?;
             let open = fh.and_then(|fh| s.file(fh).ok());
+            // By path, on a file just removed or replaced: look the path up again.
+            let writers = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+            if open.is_none() && s.trash_only(&node) {
+                return Err(Errno::ESTALE);
+            }
+            drop(writers);
             let rel = s.node_rel(&node);
             s.refuse_protected(req, &rel, "setattr", false)?;
             // A file with several links may have a protected name besides this scratch one.
@@ -2122,11 +2155,13 @@ impl Filesystem for SaferootFs {
                 s.journal(req, rec);
                 return Ok(());
             }
-            let rec = s.keep(pfd.fd(), name, &rel, &st, t)?;
+            let mut rec = s.keep(pfd.fd(), name, &rel, &st, t)?;
             if !Shared::moved_away(&st) {
                 nix::unistd::unlinkat(pfd.fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
                     .map_err(errno)?;
             }
+            // Dated after the removal (see `do_rename`).
+            rec.t = now_ns();
             s.journal(req, rec);
             Ok(())
         })();
@@ -2503,7 +2538,6 @@ impl Filesystem for SaferootFs {
     ) {
         // close(2) semantics on the backing file (releases POSIX locks, reports delayed errors).
         let r = self.shared.file(fh).and_then(|f| {
-            f.flushed.store(true, Ordering::Relaxed);
             let dup = nix::unistd::dup(f.fd.as_fd()).map_err(errno)?;
             nix::unistd::close(dup).map_err(errno)?;
             if let Some(node) = f.writer_of.as_ref() {
