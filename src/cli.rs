@@ -1057,6 +1057,9 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
     for w in &report.warnings {
         eprintln!("saferoot: warning: {}", shown_text(w));
     }
+    for e in &report.errors {
+        eprintln!("saferoot: error: {}", shown_text(e));
+    }
     let n = report.changes.len();
     if dry_run {
         println!("saferoot: {n} path(s) would change; nothing was changed");
@@ -1070,7 +1073,7 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
             time::format_utc(now)
         );
     }
-    Ok(0)
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
 
 fn status(dir: &Path) -> Result<i32> {
