@@ -190,6 +190,17 @@ tree costs about a `stat` of every entry."
         #[arg(long)]
         json: bool,
     },
+    /// Check the store for damage (format, journal, objects, trash, index, snapshots, tmp);
+    /// with --repair, set what is damaged aside (while DIR is not mounted)
+    #[command(after_help = crate::doctor_cmd::DOCTOR_HELP)]
+    Doctor {
+        /// Set aside what is damaged, so the store is healthy again (refused while mounted)
+        #[arg(long)]
+        repair: bool,
+        /// One JSON object: {"ok","problems":[{"kind","file","detail"}],"repaired":[...],...}
+        #[arg(long)]
+        json: bool,
+    },
     /// What the trash holds: every removed or replaced file whose old bytes are kept
     Trash {
         #[command(subcommand)]
@@ -406,6 +417,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Snapshots { json } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
             crate::snapshot_cmd::snapshots(&dir, json)
+        }
+        Cmd::Doctor { repair, json } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::doctor_cmd::doctor(&dir, repair, json)
         }
         Cmd::Trash {
             action: TrashCmd::List { json, paths },
@@ -952,12 +967,7 @@ fn log(dir: &Path, json: bool, since: Option<&str>, paths: &[PathBuf]) -> Result
             writeln!(out, "{line}")?;
         }
     }
-    if report.corrupt > 0 {
-        eprintln!(
-            "saferoot: warning: {} damaged journal record(s) skipped",
-            report.corrupt
-        );
-    }
+    crate::doctor_cmd::warn_damaged_lines(&store, &report);
     Ok(())
 }
 

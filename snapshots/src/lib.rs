@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod denials;
+pub mod doctor;
 mod hashcache;
 pub mod index;
 pub mod journal;

@@ -47,7 +47,8 @@ pub fn resolve(store: &Store, s: &str, now_ns: i64) -> Result<i64> {
     }
     if !name.is_empty() && name.bytes().all(|c| c.is_ascii_digit()) {
         return match name.parse::<u64>() {
-            Ok(n) => manifest::info(store, n).map(|i| i.t),
+            // Read whole and verified: a damaged manifest's instant is not trusted.
+            Ok(n) => manifest::verify(store, n).map(|i| i.t),
             Err(_) => Err(Error::Invalid(format!(
                 "no snapshot {name}; `saferoot snapshots` lists them"
             ))),
