@@ -59,6 +59,7 @@ pub struct Problem {
     /// `index`, `snapshot-damaged`, `tmp-leftover`.
     pub kind: &'static str,
     /// The file it concerns (absolute).
+    #[serde(serialize_with = "lossy")]
     pub file: PathBuf,
     /// What is wrong, for people.
     pub detail: String,
@@ -70,6 +71,7 @@ pub struct Repaired {
     /// The kind of problem it answers (see [`Problem::kind`]).
     pub kind: &'static str,
     /// The file it concerned (absolute).
+    #[serde(serialize_with = "lossy")]
     pub file: PathBuf,
     /// What was done, for people.
     pub action: String,
@@ -552,6 +554,12 @@ pub fn check(store: &Store, opts: &Options, progress: &mut dyn FnMut(Progress)) 
         c.tmp.push(rel);
     }
     Ok(c)
+}
+
+/// A path as a JSON string for people and scripts (bytes that are not UTF-8 become U+FFFD;
+/// serde would refuse such a path).
+fn lossy<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
 }
 
 fn push_horizon(h: &mut Option<(i64, Vec<String>)>, t: i64, why: String) {
@@ -1262,6 +1270,18 @@ mod tests {
         repair(t.root.as_fd(), t.dir.path(), &c, 1_000).unwrap();
         t.reopen();
         assert!(t.check().ok());
+    }
+
+    #[test]
+    fn problems_with_any_file_name_serialize() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Problem {
+            kind: "trash-orphan",
+            file: PathBuf::from(OsStr::from_bytes(b"/p/.saferoot/trash/x\xff")),
+            detail: "d".into(),
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["file"], "/p/.saferoot/trash/x\u{fffd}");
     }
 
     #[test]
