@@ -48,8 +48,11 @@
 //! - Written to `.saferoot/tmp/`, fsynced, then renamed (never over an existing manifest) into
 //!   `snapshots/`, and the directory fsynced; only then is the `snapshot` journal record
 //!   appended. [`load`] refuses a file whose footer is missing or whose checksum does not
-//!   match. [`list`] reads only the first two lines of each manifest.
-//! - Numbers are 1 + the highest manifest present, so retention must always keep the newest
+//!   match. [`list`] reads only the first two lines of each manifest; [`verify`] and
+//!   [`list_verified`] (what `saferoot snapshots` and `@N` use) read them whole and name a
+//!   damaged one.
+//! - Numbers are 1 + the highest manifest present (also counting those `saferoot doctor
+//!   --repair` set aside in `damaged/snapshots/`), so retention must always keep the newest
 //!   manifest (it would anyway) for numbers never to be reused.
 //!
 //! What this module does not do: store file contents (pre-images and the trash do), record
