@@ -199,8 +199,18 @@ fn middle_damage_and_a_flipped_object_are_named_bounded_and_repaired() {
     assert!(shown[1].starts_with(&format!("object-damaged {}: ", object.display())));
     assert!(shown[2].starts_with("saferoot: 2 problem(s)"), "{text}");
 
-    // Not while mounted.
+    // Mounted, doctor reads the store through the daemon and finds the same; it does not
+    // repair.
     p.mount();
+    let (code, v) = doctor_json(&p, &[]);
+    assert_eq!(code, 1, "{v}");
+    let kinds: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["journal-damaged", "object-damaged"], "{v}");
     fails_with(
         &p.run(&["doctor", "--repair"]),
         &["unmount first: saferoot umount"],
@@ -377,4 +387,17 @@ fn a_torn_tail_costs_nothing_and_a_damaged_snapshot_is_named() {
     p.mount();
     p.umount();
     assert!(!m.exists(), "snapshot 1 is not written again");
+}
+
+/// `doctor` is a subcommand like the others: completed by the shell, in the manual page.
+#[test]
+fn doctor_is_completed_and_documented() {
+    let o = saferoot(&["completions", "bash"]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("saferoot,doctor)"));
+    let o = saferoot(&["man"]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("doctor"));
+    let o = saferoot(&["doctor", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
 }
