@@ -430,8 +430,12 @@ pub fn check(store: &Store, opts: &Options, progress: &mut dyn FnMut(Progress)) 
         );
     }
 
-    // Trash items no record refers to.
-    for r in recover::orphans(store)? {
+    // Trash items no record refers to (only a journal that reads can say).
+    let orphans = match c.unrepairable.is_empty() {
+        true => recover::orphans(store)?,
+        false => Vec::new(),
+    };
+    for r in orphans {
         let Some(tr) = r.trash else { continue };
         c.problems.push(Problem {
             kind: "trash-orphan",
@@ -1270,6 +1274,32 @@ mod tests {
         repair(t.root.as_fd(), t.dir.path(), &c, 1_000).unwrap();
         t.reopen();
         assert!(t.check().ok());
+    }
+
+    #[test]
+    fn a_journal_of_another_version_is_reported_and_not_repaired() {
+        let t = T::new();
+        history(&t);
+        let jp = t.sp().join(JOURNAL_FILE);
+        let text = std::fs::read(&jp).unwrap();
+        std::fs::write(
+            &jp,
+            [b"saferoot-journal 2\n", &text[HEADER.len()..]].concat(),
+        )
+        .unwrap();
+        let c = t.check();
+        assert_eq!(
+            T::kinds(&c),
+            vec![("journal", jp.clone())],
+            "{:#?}",
+            c.problems
+        );
+        assert!(c.problems[0].detail.contains("version 1"));
+        let e = repair(t.root.as_fd(), t.dir.path(), &c, 1_000).unwrap_err();
+        assert!(e.to_string().starts_with("cannot repair: "), "{e}");
+        assert!(std::fs::read(&jp)
+            .unwrap()
+            .starts_with(b"saferoot-journal 2\n"));
     }
 
     #[test]
