@@ -381,7 +381,7 @@ fn numbers_in(store: &Store, rel: &Path) -> Result<Vec<u64>> {
         Mode::empty(),
     ) {
         Ok(d) => d,
-        Err(Errno::ENOENT) => return Ok(Vec::new()),
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("read directory", &shown, e)),
     };
     let mut out = Vec::new();
