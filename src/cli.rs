@@ -208,6 +208,17 @@ tree costs about a `stat` of every entry."
         #[arg(long)]
         json: bool,
     },
+    /// Check the store for damage (format, journal, objects, trash, index, snapshots, tmp);
+    /// with --repair, set what is damaged aside (while DIR is not mounted)
+    #[command(after_help = crate::doctor_cmd::DOCTOR_HELP)]
+    Doctor {
+        /// Set aside what is damaged, so the store is healthy again (refused while mounted)
+        #[arg(long)]
+        repair: bool,
+        /// One JSON object: {"ok","problems":[{"kind","file","detail"}],"repaired":[...],...}
+        #[arg(long)]
+        json: bool,
+    },
     /// What the trash holds: every removed or replaced file whose old bytes are kept
     Trash {
         #[command(subcommand)]
@@ -439,6 +450,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Snapshots { json } => {
             let dir = resolve_dir(cli.dir.as_deref())?;
             crate::snapshot_cmd::snapshots(&dir, json)
+        }
+        Cmd::Doctor { repair, json } => {
+            let dir = resolve_dir(cli.dir.as_deref())?;
+            crate::doctor_cmd::doctor(&dir, repair, json)
         }
         Cmd::Trash {
             action: TrashCmd::List { json, paths },
@@ -1006,12 +1021,7 @@ fn log(dir: &Path, json: bool, since: Option<&str>, paths: &[PathBuf]) -> Result
             writeln!(out, "{line}")?;
         }
     }
-    if report.corrupt > 0 {
-        eprintln!(
-            "saferoot: warning: {} damaged journal record(s) skipped",
-            report.corrupt
-        );
-    }
+    crate::doctor_cmd::warn_damaged_lines(&store, &report);
     Ok(())
 }
 
@@ -1111,6 +1121,9 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
     for w in &report.warnings {
         eprintln!("saferoot: warning: {}", shown_text(w));
     }
+    for e in &report.errors {
+        eprintln!("saferoot: error: {}", shown_text(e));
+    }
     let n = report.changes.len();
     if dry_run {
         println!("saferoot: {n} path(s) would change; nothing was changed");
@@ -1124,7 +1137,7 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
             time::format_utc(now)
         );
     }
-    Ok(0)
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
 
 fn status(dir: &Path) -> Result<i32> {

@@ -64,12 +64,15 @@ pub fn restore_to(dir: &Path, dest: &Path, when: &str, paths: &[PathBuf]) -> Res
     for w in &report.warnings {
         eprintln!("saferoot: warning: {}", crate::cli::shown_text(w));
     }
+    for e in &report.errors {
+        eprintln!("saferoot: error: {}", crate::cli::shown_text(e));
+    }
     println!(
         "saferoot: {} path(s) written; {} was not changed",
         report.changes.len(),
         dir.display()
     );
-    Ok(0)
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
 
 /// `saferoot diff [--json] T1 [T2] [-- PATH…]`.
@@ -151,6 +154,9 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
     for w in &report.warnings {
         eprintln!("saferoot: warning: {}", crate::cli::shown_text(w));
     }
+    for e in &report.errors {
+        eprintln!("saferoot: error: {}", crate::cli::shown_text(e));
+    }
     let changes = report.items.iter().flat_map(|i| i.changes.iter());
     let displaced = changes.clone().any(|c| c.mark != restore::Mark::Added);
     if changes.clone().next().is_some() {
@@ -167,5 +173,5 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
             );
         }
     }
-    Ok(0)
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
 }

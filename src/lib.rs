@@ -6,6 +6,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod denials_cmd;
+pub mod doctor_cmd;
 pub mod gc_cmd;
 pub mod history_cmd;
 pub mod mounts;

@@ -43,7 +43,15 @@ pub fn snapshot(dir: &Path) -> Result<i32> {
 /// `saferoot snapshots`: list them, oldest first.
 pub fn snapshots(dir: &Path, json: bool) -> Result<i32> {
     let (store, _) = cli::open_store(dir)?;
-    let list = manifest::list(&store)?;
+    // Each manifest is read whole and its checksum verified: a damaged one is named, and the
+    // rest are listed.
+    let mut list = Vec::new();
+    for (_, r) in manifest::list_verified(&store)? {
+        match r {
+            Ok(info) => list.push(info),
+            Err(e) => eprintln!("saferoot: warning: {e}; run `saferoot doctor`"),
+        }
+    }
     if json {
         for s in &list {
             println!(

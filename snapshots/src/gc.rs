@@ -164,7 +164,8 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
     };
     let now = crate::now_ns();
     let buf = read_journal(store)?;
-    let mut records: Vec<Record> = journal::lines(&buf)
+    let jpath = store.dir_path().join(journal::JOURNAL_FILE);
+    let mut records: Vec<Record> = journal::records_and_lines(&buf, &jpath)?
         .into_iter()
         .filter_map(|(_, r)| r)
         .collect();
@@ -212,7 +213,7 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
         let mut dropped = 0;
         store.journal().rewrite(store.dir(), |old| {
             let mut out = journal::HEADER.as_bytes().to_vec();
-            for (line, rec) in journal::lines(old) {
+            for (line, rec) in journal::records_and_lines(old, &jpath)? {
                 match rec {
                     Some(r) if r.t < c => {
                         dropped += 1;
@@ -674,7 +675,8 @@ pub fn purge(
         ..PurgeReport::default()
     };
     let mut shown: Vec<PathBuf> = Vec::new();
-    for (_, r) in journal::lines(&buf) {
+    let jpath = store.dir_path().join(journal::JOURNAL_FILE);
+    for (_, r) in journal::records_and_lines(&buf, &jpath)? {
         if let Some(r) = r.filter(|r| keeps_bytes_of(r, paths)) {
             report.records += 1;
             report.trash_items += r.trash.is_some() as usize;
@@ -703,7 +705,7 @@ pub fn purge(
     let mut kept_objects: HashSet<String> = HashSet::new();
     store.journal().rewrite(store.dir(), |old| {
         let mut out = journal::HEADER.as_bytes().to_vec();
-        for (line, rec) in journal::lines(old) {
+        for (line, rec) in journal::records_and_lines(old, &jpath)? {
             match rec {
                 Some(mut r) if keeps_bytes_of(&r, paths) => {
                     purged_trash.extend(r.trash.take());

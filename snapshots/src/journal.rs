@@ -8,10 +8,13 @@
 //! ```
 //!
 //! Every record is written with a single `write(2)` on an `O_APPEND` descriptor, so records from
-//! the daemon and from an offline `restore` interleave whole. A record whose checksum does not
-//! match, or a last line without its newline, is a torn write from a crash and is ignored on read;
-//! the bytes it would have described are already in the trash (the store writes data first), and
-//! the trash can be re-indexed from itself.
+//! the daemon and from an offline `restore` interleave whole. A last line without its newline (or
+//! whose checksum does not match) is a torn write from a crash and is ignored on read: the bytes
+//! it would have described are already in the trash (the store writes data first), and the trash
+//! can be re-indexed from itself. The next open seals such a line with [`TORN_SEAL`], so it is
+//! still known for a torn write once records follow it. Any other bad line is *damaged*: it is
+//! skipped, and [`ReadReport::damaged`] says where it is, so that restore can refuse to go back
+//! past a change it does not know (see `restore.rs`) and `saferoot doctor` can set it aside.
 //!
 //! What this module does not do: decide what an operation means for restore (see `restore`), or
 //! fsync after every record (that would make `rm -rf` of a large tree disk-bound; the journal is
@@ -28,6 +31,10 @@ use std::sync::Mutex;
 
 pub const JOURNAL_FILE: &str = "journal";
 pub const HEADER: &str = "saferoot-journal 1\n";
+/// What [`Journal::open`] appends to a torn last line (one without its newline) to end it. A
+/// record never contains a raw tab (JSON escapes it), so a line ending in this is known for a
+/// torn write sealed after a crash, not for a damaged record, wherever it ends up in the file.
+pub const TORN_SEAL: &[u8] = b"\t(torn)\n";
 
 /// What happened. The inverse of each is applied by restore to go back in time.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -332,9 +339,10 @@ impl Journal {
                 cause: e,
             })?;
         } else if last_byte(store, &path)? != Some(b'\n') {
-            // A crash tore the last record. End that line, so the fragment stays one bad
-            // line on its own instead of swallowing the next good record.
-            file.write_all(b"\n").map_err(|e| Error::Io {
+            // A crash tore the last record. End that line with a seal, so the fragment stays
+            // one line on its own instead of swallowing the next good record, and readers
+            // still know it for a torn write (harmless) rather than a damaged record.
+            file.write_all(TORN_SEAL).map_err(|e| Error::Io {
                 op: "repair journal tail",
                 path: path.clone(),
                 cause: e,
@@ -462,18 +470,21 @@ impl Journal {
     }
 }
 
-/// The journal's lines: each one's bytes (without the newline) and its record, `None` when it
-/// is damaged. The header is left out; a last line without its newline is included.
-pub fn lines(buf: &[u8]) -> Vec<(&[u8], Option<Record>)> {
-    let body = buf.strip_prefix(HEADER.as_bytes()).unwrap_or(buf);
-    let mut out: Vec<(&[u8], Option<Record>)> = body
-        .split(|&c| c == b'\n')
-        .map(|l| (l, decode_line(l)))
-        .collect();
-    if out.last().is_some_and(|(l, _)| l.is_empty()) {
-        out.pop();
-    }
-    out
+/// The journal's lines for a rewrite (gc, purge): each one's bytes (without the newline) and
+/// its record, `None` when it is damaged. Lines torn by a crash are left out: they hold no
+/// change, and a torn line followed by more records would read as damage.
+pub fn records_and_lines<'a>(
+    buf: &'a [u8],
+    path: &Path,
+) -> Result<Vec<(&'a [u8], Option<Record>)>> {
+    Ok(lines(buf, path)?
+        .into_iter()
+        .filter_map(|l| match l.state {
+            LineState::Good(r) => Some((l.bytes, Some(*r))),
+            LineState::Torn => None,
+            LineState::Damaged(_) => Some((l.bytes, None)),
+        })
+        .collect())
 }
 
 fn last_byte(store: BorrowedFd<'_>, path: &Path) -> Result<Option<u8>> {
@@ -499,15 +510,62 @@ fn last_byte(store: BorrowedFd<'_>, path: &Path) -> Result<Option<u8>> {
 /// What [`read`] found besides the records.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReadReport {
-    /// Lines in the middle of the journal whose checksum or JSON was bad (skipped).
+    /// Lines in the middle of the journal whose checksum or JSON was bad (skipped): the number
+    /// of [`ReadReport::damaged`] lines.
     pub corrupt: usize,
+    /// Each of those lines, in file order.
+    pub damaged: Vec<Damaged>,
     /// A torn last line was ignored.
     pub torn_tail: bool,
+    /// Line numbers of torn writes: the torn last line, and torn lines sealed by a later
+    /// [`Journal::open`] (see [`TORN_SEAL`]). Ignored on read: nothing was lost with them.
+    pub torn: Vec<usize>,
+}
+
+/// A damaged line of the journal: its record is unknown, and so is the change it described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// 1-based line number in the file (the header is line 1).
+    pub line: usize,
+    /// `t` of the last good record before it in the file, if any.
+    pub before_t: Option<i64>,
+    /// `t` of the first good record after it in the file, if any. A walk back in time to an
+    /// instant before this would have to undo the damaged record.
+    pub after_t: Option<i64>,
+    /// What is wrong with it, for people.
+    pub why: &'static str,
+}
+
+/// What one line of the journal is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineState {
+    Good(Box<Record>),
+    /// A torn write from a crash: the torn last line, or one sealed with [`TORN_SEAL`].
+    Torn,
+    /// Neither a record nor a torn write; says why.
+    Damaged(&'static str),
+}
+
+/// One line of the journal after the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line<'a> {
+    /// 1-based line number in the file (the header is line 1).
+    pub number: usize,
+    /// The line's bytes, without its newline.
+    pub bytes: &'a [u8],
+    pub state: LineState,
 }
 
 /// Read every valid record, in file order (which is time order up to clock steps; callers that
 /// need strict time order sort stably by `t`).
 pub fn read(store: BorrowedFd<'_>, store_path: &Path) -> Result<(Vec<Record>, ReadReport)> {
+    let path = store_path.join(JOURNAL_FILE);
+    let buf = read_bytes(store, store_path)?;
+    parse(&buf, &path)
+}
+
+/// The journal's bytes (empty if it does not exist).
+pub fn read_bytes(store: BorrowedFd<'_>, store_path: &Path) -> Result<Vec<u8>> {
     let path = store_path.join(JOURNAL_FILE);
     let fd = match nix::fcntl::openat(
         store,
@@ -516,7 +574,7 @@ pub fn read(store: BorrowedFd<'_>, store_path: &Path) -> Result<(Vec<Record>, Re
         nix::sys::stat::Mode::empty(),
     ) {
         Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT) => return Ok((Vec::new(), ReadReport::default())),
+        Err(nix::errno::Errno::ENOENT) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("open journal", &path, e)),
     };
     let mut buf = Vec::new();
@@ -527,14 +585,56 @@ pub fn read(store: BorrowedFd<'_>, store_path: &Path) -> Result<(Vec<Record>, Re
             path: path.clone(),
             cause: e,
         })?;
-    parse(&buf, &path)
+    Ok(buf)
 }
 
 /// Parse journal bytes (see [`read`]).
 pub fn parse(buf: &[u8], path: &Path) -> Result<(Vec<Record>, ReadReport)> {
+    let (numbered, report) = parse_numbered(buf, path)?;
+    Ok((numbered.into_iter().map(|(_, r)| r).collect(), report))
+}
+
+/// [`parse`], with the line number of each record.
+pub fn parse_numbered(buf: &[u8], path: &Path) -> Result<(Vec<(usize, Record)>, ReadReport)> {
     let mut report = ReadReport::default();
+    let mut records = Vec::new();
+    let mut last_good: Option<i64> = None;
+    // Damaged lines still waiting for the next good record (their `after_t`).
+    let mut waiting: Vec<usize> = Vec::new();
+    let all = lines(buf, path)?;
+    report.torn_tail = all.last().is_some_and(|l| l.state == LineState::Torn);
+    for l in all {
+        match l.state {
+            LineState::Good(r) => {
+                for i in waiting.drain(..) {
+                    report.damaged[i].after_t = Some(r.t);
+                }
+                last_good = Some(r.t);
+                records.push((l.number, *r));
+            }
+            LineState::Torn => {
+                report.torn.push(l.number);
+            }
+            LineState::Damaged(why) => {
+                waiting.push(report.damaged.len());
+                report.damaged.push(Damaged {
+                    line: l.number,
+                    before_t: last_good,
+                    after_t: None,
+                    why,
+                });
+            }
+        }
+    }
+    report.corrupt = report.damaged.len();
+    Ok((records, report))
+}
+
+/// Every line of journal bytes after the header, classified. An empty journal has none; one
+/// with another header is refused.
+pub fn lines<'a>(buf: &'a [u8], path: &Path) -> Result<Vec<Line<'a>>> {
     if buf.is_empty() {
-        return Ok((Vec::new(), report));
+        return Ok(Vec::new());
     }
     let body = match buf.strip_prefix(HEADER.as_bytes()) {
         Some(b) => b,
@@ -549,34 +649,48 @@ pub fn parse(buf: &[u8], path: &Path) -> Result<(Vec<Record>, ReadReport)> {
             });
         }
     };
-    let mut records = Vec::new();
-    let mut lines: Vec<&[u8]> = body.split(|&c| c == b'\n').collect();
+    let mut pieces: Vec<&[u8]> = body.split(|&c| c == b'\n').collect();
     // split() yields a final empty piece when the body ends with '\n'; anything else there is a
     // line without its newline: a torn write.
-    let last = lines.pop().unwrap_or_default();
+    let last = pieces.pop().unwrap_or_default();
+    let seal = &TORN_SEAL[..TORN_SEAL.len() - 1];
+    let n = pieces.len();
+    let mut out = Vec::with_capacity(n + 1);
+    for (i, line) in pieces.into_iter().enumerate() {
+        let state = match decode(line) {
+            Ok(r) => LineState::Good(Box::new(r)),
+            Err(_) if line.ends_with(seal) => LineState::Torn,
+            // The last complete line, bad: the crash came before it was whole (or, with an
+            // older saferoot, it was ended by a bare newline and nothing followed it yet).
+            Err(_) if i + 1 == n => LineState::Torn,
+            Err(why) => LineState::Damaged(why),
+        };
+        out.push(Line {
+            number: i + 2,
+            bytes: line,
+            state,
+        });
+    }
     if !last.is_empty() {
-        report.torn_tail = true;
+        out.push(Line {
+            number: n + 2,
+            bytes: last,
+            state: LineState::Torn,
+        });
     }
-    let n = lines.len();
-    for (i, line) in lines.into_iter().enumerate() {
-        match decode_line(line) {
-            Some(r) => records.push(r),
-            None if i + 1 == n => report.torn_tail = true,
-            None => report.corrupt += 1,
-        }
-    }
-    Ok((records, report))
+    Ok(out)
 }
 
-fn decode_line(line: &[u8]) -> Option<Record> {
+fn decode(line: &[u8]) -> std::result::Result<Record, &'static str> {
     if line.len() < 18 || line[16] != b' ' {
-        return None;
+        return Err("it does not start with a checksum");
     }
     let (sum, json) = (&line[..16], &line[17..]);
     if checksum(json).as_bytes() != sum {
-        return None;
+        return Err("its checksum does not match its content");
     }
-    serde_json::from_slice(json).ok()
+    serde_json::from_slice(json)
+        .map_err(|_| "its JSON is not a record this saferoot reads (written by a newer version?)")
 }
 
 #[cfg(test)]
@@ -639,7 +753,45 @@ mod tests {
         j.append(&rec(3, "c")).unwrap();
         let (r, rep) = read(dir.as_fd(), t.path()).unwrap();
         assert_eq!(r, vec![rec(1, "a"), rec(3, "c")]);
-        assert_eq!(rep.corrupt, 1);
+        // The sealed fragment is known for a torn write, not counted as damage.
+        assert_eq!(rep.corrupt, 0);
+        assert_eq!(rep.torn, vec![3]);
+        assert!(!rep.torn_tail);
+    }
+
+    #[test]
+    fn damaged_lines_are_numbered_with_their_neighbours() {
+        let mut buf = HEADER.as_bytes().to_vec();
+        buf.extend(encode(&rec(10, "a")));
+        // Line 3: cut in half, the rest of the file kept.
+        let cut = encode(&rec(20, "b"));
+        buf.extend_from_slice(&cut[..cut.len() / 2]);
+        buf.push(b'\n');
+        // Line 4: one byte changed.
+        let mut flipped = encode(&rec(25, "c"));
+        flipped[30] ^= 0x20;
+        buf.extend(flipped);
+        buf.extend(encode(&rec(30, "d")));
+        // Line 6: a torn write sealed by a later open.
+        let torn = encode(&rec(35, "e"));
+        buf.extend_from_slice(&torn[..10]);
+        buf.extend_from_slice(TORN_SEAL);
+        buf.extend(encode(&rec(40, "f")));
+        // Line 8: torn last line.
+        buf.extend_from_slice(&encode(&rec(50, "g"))[..20]);
+        let (numbered, rep) = parse_numbered(&buf, Path::new("j")).unwrap();
+        let lines: Vec<(usize, i64)> = numbered.iter().map(|(n, r)| (*n, r.t)).collect();
+        assert_eq!(lines, vec![(2, 10), (5, 30), (7, 40)]);
+        assert_eq!(rep.corrupt, 2);
+        assert_eq!(
+            rep.damaged
+                .iter()
+                .map(|d| (d.line, d.before_t, d.after_t))
+                .collect::<Vec<_>>(),
+            vec![(3, Some(10), Some(30)), (4, Some(10), Some(30))]
+        );
+        assert_eq!(rep.torn, vec![6, 8]);
+        assert!(rep.torn_tail);
     }
 
     #[test]

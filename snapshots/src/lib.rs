@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod denials;
+pub mod doctor;
 pub mod gc;
 mod hashcache;
 pub mod index;

@@ -48,8 +48,11 @@
 //! - Written to `.saferoot/tmp/`, fsynced, then renamed (never over an existing manifest) into
 //!   `snapshots/`, and the directory fsynced; only then is the `snapshot` journal record
 //!   appended. [`load`] refuses a file whose footer is missing or whose checksum does not
-//!   match. [`list`] reads only the first two lines of each manifest.
-//! - Numbers are 1 + the highest manifest present, so retention must always keep the newest
+//!   match. [`list`] reads only the first two lines of each manifest; [`verify`] and
+//!   [`list_verified`] (what `saferoot snapshots` and `@N` use) read them whole and name a
+//!   damaged one.
+//! - Numbers are 1 + the highest manifest present (also counting those `saferoot doctor
+//!   --repair` set aside in `damaged/snapshots/`), so retention must always keep the newest
 //!   manifest (it would anyway) for numbers never to be reused.
 //!
 //! What this module does not do: store file contents (pre-images and the trash do), record
@@ -210,6 +213,86 @@ pub fn list(store: &Store) -> Result<Vec<SnapshotInfo>> {
     Ok(out)
 }
 
+/// Every snapshot, oldest number first, each read whole and verified ([`verify`]): its header,
+/// or why it is damaged.
+pub fn list_verified(store: &Store) -> Result<Vec<(u64, Result<SnapshotInfo>)>> {
+    let mut ns = numbers(store)?;
+    ns.sort_unstable();
+    Ok(ns.into_iter().map(|n| (n, verify(store, n))).collect())
+}
+
+/// The header of snapshot `n`, after reading the whole manifest and checking its footer and
+/// checksum. A manifest that fails says `snapshot N (<path>) is damaged: <what>`; a missing
+/// one, `no snapshot N`.
+pub fn verify(store: &Store, n: u64) -> Result<SnapshotInfo> {
+    let shown = store.dir_path().join(manifest_rel(n));
+    match read_verified(store, n)? {
+        Ok(info) => Ok(info),
+        Err(what) => Err(Error::Invalid(format!(
+            "snapshot {n} ({}) is damaged: {what}",
+            shown.display()
+        ))),
+    }
+}
+
+/// The manifest files present as (number, path relative to the store), oldest number first.
+pub fn files(store: &Store) -> Result<Vec<(u64, PathBuf)>> {
+    let mut ns = numbers(store)?;
+    ns.sort_unstable();
+    Ok(ns.into_iter().map(|n| (n, manifest_rel(n))).collect())
+}
+
+/// Read snapshot `n` whole: its header, or what is wrong with it (`Err` inside), or the error
+/// that kept it from being read at all.
+pub fn read_verified(store: &Store, n: u64) -> Result<std::result::Result<SnapshotInfo, String>> {
+    let shown = store.dir_path().join(manifest_rel(n));
+    let mut buf = Vec::new();
+    open_manifest(store, n)?
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Io {
+            op: "read manifest",
+            path: shown.clone(),
+            cause: e,
+        })?;
+    if let Some(what) = diagnose(&buf) {
+        return Ok(Err(what));
+    }
+    match parse(&buf, &shown) {
+        Ok((meta, _)) => Ok(Ok(meta.info(n))),
+        Err(Error::Format { what, .. }) => Ok(Err(what)),
+        Err(e) => Err(e),
+    }
+}
+
+/// What is wrong with the manifest bytes `buf` at the level of the file (header, footer,
+/// checksum), in words; `None` if that much is right.
+fn diagnose(buf: &[u8]) -> Option<String> {
+    if buf.is_empty() {
+        return Some("it is empty".into());
+    }
+    if !buf.starts_with(HEADER.as_bytes()) {
+        let first = buf.split(|&c| c == b'\n').next().unwrap_or_default();
+        return Some(format!(
+            "its first line is {:?}, not {:?}",
+            String::from_utf8_lossy(first),
+            HEADER.trim_end()
+        ));
+    }
+    let Some(whole) = buf.strip_suffix(b"\n") else {
+        return Some("it is truncated (its last line is incomplete)".into());
+    };
+    let start = whole.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+    let footer = &whole[start..];
+    let mut f = footer.split(|&c| c == b'\t');
+    let (Some(b"end"), Some(_), Some(sum), None) = (f.next(), f.next(), f.next(), f.next()) else {
+        return Some("it is truncated (its `end` line with the checksum is missing)".into());
+    };
+    if blake3::hash(&buf[..start]).to_hex().as_bytes() != sum {
+        return Some("its checksum does not match its content".into());
+    }
+    None
+}
+
 /// The header of snapshot `n` (reads two lines, does not verify the checksum).
 pub fn info(store: &Store, n: u64) -> Result<SnapshotInfo> {
     let rel = manifest_rel(n);
@@ -263,6 +346,10 @@ fn open_manifest(store: &Store, n: u64) -> Result<std::fs::File> {
         Mode::empty(),
     ) {
         Ok(fd) => Ok(std::fs::File::from(fd)),
+        Err(Errno::ENOENT) if set_aside(store, n) => Err(Error::Invalid(format!(
+            "snapshot {n} was set aside as damaged by `saferoot doctor --repair` (it is in {})",
+            store.dir_path().join(damaged_rel(n)).display()
+        ))),
         Err(Errno::ENOENT) => Err(Error::Invalid(format!(
             "no snapshot {n}; `saferoot snapshots` lists them"
         ))),
@@ -270,17 +357,33 @@ fn open_manifest(store: &Store, n: u64) -> Result<std::fs::File> {
     }
 }
 
+/// Where `saferoot doctor --repair` puts a damaged manifest `n`.
+fn damaged_rel(n: u64) -> PathBuf {
+    Path::new(crate::doctor::DAMAGED_DIR)
+        .join(SNAPSHOTS_DIR)
+        .join(n.to_string())
+}
+
+fn set_aside(store: &Store, n: u64) -> bool {
+    nix::sys::stat::fstatat(store.dir(), &damaged_rel(n), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+}
+
 /// Numbers of the manifests present (unordered).
 fn numbers(store: &Store) -> Result<Vec<u64>> {
-    let shown = store.dir_path().join(SNAPSHOTS_DIR);
+    numbers_in(store, Path::new(SNAPSHOTS_DIR))
+}
+
+/// Numbers of the manifests in the store directory `rel` (unordered).
+fn numbers_in(store: &Store, rel: &Path) -> Result<Vec<u64>> {
+    let shown = store.dir_path().join(rel);
     let mut d = match nix::dir::Dir::openat(
         store.dir(),
-        SNAPSHOTS_DIR,
+        rel,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         Mode::empty(),
     ) {
         Ok(d) => d,
-        Err(Errno::ENOENT) => return Ok(Vec::new()),
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("read directory", &shown, e)),
     };
     let mut out = Vec::new();
@@ -751,7 +854,18 @@ fn write_manifest(store: &Store, meta: &Meta, entries: &[ManifestEntry]) -> Resu
             cause: e,
         });
     }
-    let mut n = numbers(store)?.into_iter().max().unwrap_or(0) + 1;
+    // Numbers of manifests set aside as damaged are not given again either: journal records
+    // and people may still name them.
+    let set_aside = numbers_in(
+        store,
+        &Path::new(crate::doctor::DAMAGED_DIR).join(SNAPSHOTS_DIR),
+    )?;
+    let mut n = numbers(store)?
+        .into_iter()
+        .chain(set_aside)
+        .max()
+        .unwrap_or(0)
+        + 1;
     loop {
         match nix::fcntl::renameat2(
             store.dir(),

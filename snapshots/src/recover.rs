@@ -31,6 +31,18 @@ pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
 
 /// Append records for unjournaled trash items; returns how many.
 pub fn recover(store: &Store) -> Result<usize> {
+    let found = orphans(store)?;
+    for r in &found {
+        store.journal().append(r)?;
+    }
+    if !found.is_empty() {
+        store.journal().sync()?;
+    }
+    Ok(found.len())
+}
+
+/// The records [`recover`] would append: one for every trash item no record refers to.
+pub fn orphans(store: &Store) -> Result<Vec<Record>> {
     let (records, _) = journal::read(store.dir(), store.dir_path())?;
     let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
     // Items older than where history now starts are what an interrupted `gc` left to delete.
@@ -92,13 +104,7 @@ pub fn recover(store: &Store) -> Result<usize> {
             ..Record::new(t, Op::Unlink, rel, 0, "saferoot")
         });
     }
-    for r in &found {
-        store.journal().append(r)?;
-    }
-    if !found.is_empty() {
-        store.journal().sync()?;
-    }
-    Ok(found.len())
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -100,6 +100,10 @@ pub struct Report {
     pub changes: Vec<Change>,
     /// Things the restore could not do exactly, one line each.
     pub warnings: Vec<String>,
+    /// Files that could not be restored because their kept content is damaged (an object whose
+    /// bytes do not match its name), one line each naming the object and the path. The
+    /// command that gets any should fail.
+    pub errors: Vec<String>,
     /// The first instant the journal knows (UTC ns): nothing can be restored before it.
     pub first_t: i64,
 }
@@ -134,6 +138,7 @@ fn restore_as(store: &Store, opts: &Options, privileged: bool) -> Result<Report>
             path: p.clone(),
         })
         .collect();
+    let mut errors = Vec::new();
     if !opts.dry_run && !plan.is_empty() {
         let mut ex = Exec {
             fs,
@@ -146,6 +151,7 @@ fn restore_as(store: &Store, opts: &Options, privileged: bool) -> Result<Report>
                 .collect(),
             loosened: BTreeMap::new(),
             warnings: &mut warnings,
+            errors: Vec::new(),
         };
         let marker_path = scopes
             .first()
@@ -157,11 +163,13 @@ fn restore_as(store: &Store, opts: &Options, privileged: bool) -> Result<Report>
         })?;
         let _progress = crate::progress::task("restore", Some(plan.len() as u64));
         ex.run(&plan)?;
+        errors = std::mem::take(&mut ex.errors);
         store.journal().sync()?;
     }
     Ok(Report {
         changes,
         warnings,
+        errors,
         first_t: past.first_t,
     })
 }
@@ -329,6 +337,7 @@ pub fn diff(store: &Store, t1: i64, t2: Option<i64>, paths: &[PathBuf]) -> Resul
     Ok(Report {
         changes,
         warnings,
+        errors: Vec::new(),
         first_t: past.first_t,
     })
 }
@@ -403,6 +412,7 @@ fn materialize_as(
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut finish: Vec<(PathBuf, Entry)> = Vec::new();
     let mut changes = Vec::new();
+    let mut errors = Vec::new();
     let mut written = Vec::new();
     let _progress = crate::progress::task("restore --to", Some(todo.len() as u64));
     for (p, e) in &todo {
@@ -438,7 +448,12 @@ fn materialize_as(
                 finish.push((p.clone(), e.clone()));
             }
             Kind::File => {
-                copy_file_at(&mut fs, dfd.as_fd(), n, p, e, &shown, privileged)?;
+                if let Copied::Damaged(why) =
+                    copy_file_at(&mut fs, dfd.as_fd(), n, p, e, &shown, privileged)?
+                {
+                    errors.push(why);
+                    continue;
+                }
             }
             Kind::Symlink => {
                 let target = e.target.clone().unwrap_or_default();
@@ -474,6 +489,7 @@ fn materialize_as(
     Ok(Report {
         changes,
         warnings,
+        errors,
         first_t: past.first_t,
     })
 }
@@ -579,6 +595,8 @@ pub struct UndeleteReport {
     /// In the order the paths were given.
     pub items: Vec<Undeleted>,
     pub warnings: Vec<String>,
+    /// Files not brought back because their kept content is damaged (see [`Report::errors`]).
+    pub errors: Vec<String>,
 }
 
 /// Records this far apart (or more) are not one `rm -rf`: see [`find_removal`].
@@ -605,12 +623,14 @@ pub fn undelete(store: &Store, paths: &[PathBuf], pid: u32, comm: &str) -> Resul
         let past = Past::read(store)?;
         let live = live_tree(store)?;
         for p in &scopes {
-            find_removal(store, &past, &live, p)?;
+            let found = find_removal(store, &past, &live, p)?;
+            past.check(found.target_t)?;
         }
     }
     let mut report = UndeleteReport {
         items: Vec::new(),
         warnings: Vec::new(),
+        errors: Vec::new(),
     };
     for p in &scopes {
         // Again: the previous path's restore is part of the history now.
@@ -633,6 +653,7 @@ pub fn undelete(store: &Store, paths: &[PathBuf], pid: u32, comm: &str) -> Resul
                 report.warnings.push(w);
             }
         }
+        report.errors.extend(rep.errors);
         report.items.push(Undeleted {
             path: p.clone(),
             kind: found.kind,
@@ -765,8 +786,10 @@ pub fn read_consistently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
 /// The journal, read once and put in time order.
 struct Past {
     records: Vec<Record>,
-    /// Damaged records skipped on read.
-    corrupt: usize,
+    /// Damaged lines skipped on read: their changes are unknown.
+    damaged: Vec<journal::Damaged>,
+    /// The journal file, to name in messages.
+    journal_path: PathBuf,
     first_t: i64,
     /// The oldest restorable instant set by `gc` or `doctor --repair`, with why.
     horizon: Option<(i64, String)>,
@@ -784,19 +807,48 @@ impl Past {
         let horizon = journal::horizon(&records).map(|(h, r)| (h, horizon_reason(r)));
         Ok(Past {
             records,
-            corrupt: report.corrupt,
+            damaged: report.damaged,
+            journal_path: store.dir_path().join(journal::JOURNAL_FILE),
             first_t: horizon.as_ref().map_or(first_t, |(h, _)| first_t.min(*h)),
             horizon,
         })
     }
 
-    /// Refuse an instant before the journal begins, or before what `gc` or a repair left:
-    /// the tree is not known there, and a part of it is not restored as if it were.
+    /// Refuse an instant before the journal begins, before what `gc` or a repair left, or
+    /// before a damaged journal line (the walk back would have to undo a change it does not
+    /// know): the tree is not known there, and a part of it is not restored as if it were.
     fn check(&self, t: i64) -> Result<()> {
-        if let Some((h, why)) = self.horizon.as_ref().filter(|(h, _)| t < *h) {
+        let at = format_utc(t);
+        // A damaged line blocks every instant before the first good record after it (in file
+        // order); with several, the one that leaves the least history says what is left.
+        let damage = self
+            .damaged
+            .iter()
+            .filter(|d| d.after_t.is_none_or(|a| t < a))
+            .max_by_key(|d| (d.after_t.unwrap_or(i64::MAX), d.line));
+        let horizon = self.horizon.as_ref().filter(|(h, _)| t < *h);
+        let damage_bound = damage.map(|d| d.after_t.unwrap_or(i64::MAX));
+        if let Some(d) = damage.filter(|_| horizon.is_none_or(|(h, _)| damage_bound >= Some(*h))) {
+            let line = format!(
+                "line {} of {} is damaged (its change is unknown)",
+                d.line,
+                self.journal_path.display()
+            );
+            return Err(Error::Invalid(match d.after_t {
+                Some(a) => format!(
+                    "cannot go back to {at}: {line}; instants from {} on can still be \
+                     restored; run `saferoot doctor`",
+                    format_utc(a)
+                ),
+                None => format!(
+                    "cannot go back to {at}: {line}, and no intact record follows it; run \
+                     `saferoot doctor`"
+                ),
+            }));
+        }
+        if let Some((h, why)) = horizon {
             return Err(Error::Invalid(format!(
-                "cannot go back to {}: {why}; the oldest restorable instant is {}",
-                format_utc(t),
+                "cannot go back to {at}: {why}; the oldest restorable instant is {}",
                 format_utc(*h)
             )));
         }
@@ -861,7 +913,7 @@ fn trees_at(
             .map(|(w, _)| *w)
             .collect();
         if open.is_empty() {
-            out[i] = Some((rb.tree.clone(), rb.warnings(past.corrupt, t)));
+            out[i] = Some((rb.tree.clone(), rb.warnings(t)));
         } else {
             let saved = rb.tree.clone();
             // Newest first, so the oldest session open at t (an `append` whose later `write`
@@ -871,10 +923,7 @@ fn trees_at(
                     rb.undo_change_at(&p, w)?;
                 }
             }
-            out[i] = Some((
-                std::mem::replace(&mut rb.tree, saved),
-                rb.warnings(past.corrupt, t),
-            ));
+            out[i] = Some((std::mem::replace(&mut rb.tree, saved), rb.warnings(t)));
         }
     }
     Ok(out.into_iter().flatten().collect())
@@ -883,7 +932,7 @@ fn trees_at(
 /// Each `write` record that kept a pre-image, with the instant its write session ended: the
 /// next `close` of the same inode, else the next mount or unmount (a daemon that stopped
 /// closed every file), else never (still open).
-fn write_sessions(records: &[Record]) -> Vec<(&Record, i64)> {
+pub(crate) fn write_sessions(records: &[Record]) -> Vec<(&Record, i64)> {
     // One pass from the newest record back, remembering the nearest later `close` of each
     // inode and the nearest later mount or unmount.
     let mut next_close: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
@@ -1225,14 +1274,10 @@ struct Rollback<'a> {
 
 impl Rollback<'_> {
     /// What the walk back to `t` could not do exactly.
-    fn warnings(&self, corrupt: usize, t: i64) -> Vec<String> {
+    /// (Damaged journal lines need no warning: [`Past::check`] refuses every instant whose
+    /// walk back would have to undo one.)
+    fn warnings(&self, t: i64) -> Vec<String> {
         let mut warnings = Vec::new();
-        if corrupt > 0 {
-            warnings.push(format!(
-                "{corrupt} damaged journal record(s) were skipped; the changes they described \
-                 are not undone"
-            ));
-        }
         if self.skipped > 0 {
             warnings.push(format!(
                 "{} journal record(s) with unusable paths were skipped",
@@ -1945,6 +1990,8 @@ struct Exec<'a, 'w> {
     /// the permission bits to give back.
     loosened: BTreeMap<PathBuf, u32>,
     warnings: &'w mut Vec<String>,
+    /// Files not restored because their kept content is damaged (see [`Report::errors`]).
+    errors: Vec<String>,
 }
 
 /// What to set on a directory once everything inside it is in place.
@@ -2151,8 +2198,22 @@ impl Exec<'_, '_> {
                 }));
             }
             Kind::File => {
-                let ino =
-                    copy_file_at(&mut self.fs, dfd.as_fd(), n, p, w, &shown, self.privileged)?;
+                let ino = match copy_file_at(
+                    &mut self.fs,
+                    dfd.as_fd(),
+                    n,
+                    p,
+                    w,
+                    &shown,
+                    self.privileged,
+                )? {
+                    Copied::Ino(ino) => ino,
+                    // Nothing was created; what was there is in the trash already.
+                    Copied::Damaged(why) => {
+                        self.errors.push(why);
+                        return Ok(None);
+                    }
+                };
                 self.journal(Record {
                     kind: Some(Kind::File),
                     mode: Some(w.mode()),
@@ -2214,10 +2275,20 @@ impl Exec<'_, '_> {
     }
 }
 
-/// Copy the bytes, then owner (privileged only), mode and mtime, onto a new regular file.
+/// What [`copy_file_at`] made.
+enum Copied {
+    /// The new file's inode number.
+    Ino(u64),
+    /// Nothing: the object the bytes were to come from does not match its name (says which,
+    /// and for which path). The partial copy was removed.
+    Damaged(String),
+}
+
 /// Create `n` in `dfd` as a copy of the regular file entry `e` (project path `p`): its bytes
 /// from wherever they are kept, then its mode, owner and mtime. A copy that fails part-way is
-/// removed (it is ours, and nothing refers to it). Returns the new file's inode number.
+/// removed (it is ours, and nothing refers to it). Bytes copied out of the object store are
+/// hashed as they land and checked against the object's name: a damaged object never becomes
+/// a file with the wrong content.
 fn copy_file_at(
     fs: &mut Fs<'_>,
     dfd: BorrowedFd<'_>,
@@ -2226,34 +2297,75 @@ fn copy_file_at(
     e: &Entry,
     shown: &Path,
     privileged: bool,
-) -> Result<u64> {
+) -> Result<Copied> {
     let src = fs.open_source(&e.src, p)?;
     let dst = nix::fcntl::openat(
         dfd,
         n,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        // Readable too: the copy of an object is hashed where it landed.
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )
     .map_err(|err| Error::io("create", shown, err))?;
-    let done = fill(src.as_fd(), dst.as_fd(), e, shown, privileged).and_then(|()| {
+    let object = object_of(&e.src).map(|hex| (hex, fs.store.dir_path().join(object_rel(hex))));
+    let mut damaged = None;
+    let verify = |copy: BorrowedFd<'_>| -> Result<bool> {
+        let Some((hex, obj_shown)) = &object else {
+            return Ok(true);
+        };
+        let got = store::hash_fd(copy).map_err(|err| Error::io("hash", shown, err))?;
+        if got.to_hex().as_str() == hex.as_str() {
+            return Ok(true);
+        }
+        damaged = Some(format!(
+            "object {} is damaged (its content does not match its name): {} was not restored \
+             from it; run `saferoot doctor`",
+            obj_shown.display(),
+            p.display()
+        ));
+        Ok(false)
+    };
+    let done = fill(src.as_fd(), dst.as_fd(), e, shown, privileged, verify).and_then(|ok| {
+        if !ok {
+            return Ok(None);
+        }
         nix::sys::stat::fstat(dst.as_fd())
-            .map(|st| st.st_ino)
+            .map(|st| Some(st.st_ino))
             .map_err(|err| Error::io("stat", shown, err))
     });
-    if done.is_err() {
+    if !matches!(done, Ok(Some(_))) {
         let _ = nix::unistd::unlinkat(dfd, n, UnlinkatFlags::NoRemoveDir);
     }
-    done
+    match done? {
+        Some(ino) => Ok(Copied::Ino(ino)),
+        None => Ok(Copied::Damaged(damaged.unwrap_or_default())),
+    }
 }
 
+/// The object a regular-file source copies its bytes from, if any.
+fn object_of(src: &Source) -> Option<&String> {
+    match src {
+        Source::Object(hex) => Some(hex),
+        Source::Prefix(inner, _) => object_of(inner),
+        _ => None,
+    }
+}
+
+/// Copy the bytes, then owner (privileged only), mode and mtime, onto a new regular file.
+/// `verify` sees the copy before it is cut to a prefix; if it says no, nothing more is done
+/// and `Ok(false)` returned.
 fn fill(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     w: &Entry,
     shown: &Path,
     privileged: bool,
-) -> Result<()> {
+    verify: impl FnOnce(BorrowedFd<'_>) -> Result<bool>,
+) -> Result<bool> {
     store::clone_or_copy(src, dst).map_err(|e| Error::io("copy into", shown, e))?;
+    if !verify(dst)? {
+        return Ok(false);
+    }
     if let Some(n) = w.src.limit() {
         nix::unistd::ftruncate(dst, n as i64).map_err(|e| Error::io("truncate", shown, e))?;
     }
@@ -2269,7 +2381,7 @@ fn fill(
         nix::sys::stat::futimens(dst, &TimeSpec::UTIME_OMIT, &TimeSpec::new(s, ns))
             .map_err(|e| Error::io("set mtime", shown, e))?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Owner (privileged only) and mtime of the entry `name` of `dir`, without following symlinks.
@@ -3171,6 +3283,95 @@ mod tests {
             w.contains("f: removed at") && w.contains("no longer in the trash"),
             "{w}"
         );
+    }
+
+    #[test]
+    fn a_damaged_object_is_never_restored_and_is_named() {
+        let s = Sim::new();
+        s.create("a", b"first version", 0o644);
+        s.create("b", b"other", 0o644);
+        let (t, _) = s.instant();
+        s.write("a", b"second");
+        s.write("b", b"changed");
+        // Bit rot in the pre-image of "a".
+        let hex = blake3::hash(b"first version").to_hex().to_string();
+        let obj = s.store.dir_path().join(object_rel(&hex));
+        fs::set_permissions(&obj, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&obj, b"first versioN").unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let out = dest.path().join("out");
+        let rep = materialize(&s.store, t, &[], &out).unwrap();
+        assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
+        let e = &rep.errors[0];
+        assert!(
+            e.contains(&obj.display().to_string()) && e.contains("a was not restored"),
+            "{e}"
+        );
+        assert!(!out.join("a").exists(), "no wrong-content file is left");
+        assert_eq!(fs::read(out.join("b")).unwrap(), b"other");
+        // In place: "b" comes back, "a" keeps nothing wrong (what it held is in the trash).
+        let rep = s.restore(t);
+        assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
+        assert_eq!(fs::read(s.p("b")).unwrap(), b"other");
+        assert!(!s.p("a").exists());
+    }
+
+    #[test]
+    fn a_damaged_journal_line_bounds_restores_and_names_itself() {
+        let s = Sim::new();
+        s.create("a", b"a", 0o644);
+        let (t_before, _) = s.instant();
+        s.create("b", b"b", 0o644);
+        let (_, _) = s.instant();
+        s.create("c", b"c", 0o644);
+        let (t_after, snap_after) = s.instant();
+        s.unlink("a");
+        // Cut the line of "b" in half (the lines after it stay).
+        let jp = s.store.dir_path().join(journal::JOURNAL_FILE);
+        let text = fs::read(&jp).unwrap();
+        let mut lines: Vec<&[u8]> = text.split(|&c| c == b'\n').collect();
+        let i = lines
+            .iter()
+            .position(|l| l.windows(10).any(|w| w == b"\"path\":\"b\""))
+            .unwrap();
+        let half = &lines[i][..lines[i].len() / 2];
+        lines[i] = half;
+        fs::write(&jp, lines.join(&b'\n')).unwrap();
+        let c_t = journal::read(s.store.dir(), s.store.dir_path())
+            .unwrap()
+            .0
+            .iter()
+            .find(|r| r.path == Path::new("c"))
+            .unwrap()
+            .t;
+        for e in [
+            restore(
+                &s.store,
+                &Options {
+                    dry_run: true,
+                    ..s.opts(t_before)
+                },
+            )
+            .unwrap_err(),
+            tree_at(&s.store, t_before, &[]).unwrap_err(),
+            diff(&s.store, t_before, None, &[]).unwrap_err(),
+        ] {
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "cannot go back to {}: line {} of {} is damaged (its change is unknown); \
+                     instants from {} on can still be restored; run `saferoot doctor`",
+                    format_utc(t_before),
+                    i + 1,
+                    jp.display(),
+                    format_utc(c_t)
+                )
+            );
+        }
+        // After the damage: exact, and no warning about it.
+        let rep = s.restore(t_after);
+        assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
+        assert_eq!(s.snap(), snap_after);
     }
 
     #[test]

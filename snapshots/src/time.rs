@@ -47,7 +47,8 @@ pub fn resolve(store: &Store, s: &str, now_ns: i64) -> Result<i64> {
     }
     if !name.is_empty() && name.bytes().all(|c| c.is_ascii_digit()) {
         return match name.parse::<u64>() {
-            Ok(n) => manifest::info(store, n)
+            // Read whole and verified: a damaged manifest's instant is not trusted.
+            Ok(n) => manifest::verify(store, n)
                 .map(|i| i.t)
                 .map_err(|e| collected_snapshot(store, n).unwrap_or(e)),
             Err(_) => Err(Error::Invalid(format!(
