@@ -597,7 +597,7 @@ pub fn repair(store: &Store, c: &Checkup, now: i64) -> Result<Vec<Repaired>> {
             .iter()
             .map(|c| c.to_string_lossy().into_owned())
             .collect();
-        let to = quarantine(&store, rel, &Path::new("objects").join(flat))?;
+        let to = quarantine(store, rel, &Path::new("objects").join(flat))?;
         done.push(Repaired {
             kind: "object-damaged",
             file: sp.join(rel),
@@ -606,7 +606,7 @@ pub fn repair(store: &Store, c: &Checkup, now: i64) -> Result<Vec<Repaired>> {
     }
     for rel in &c.bad_manifests {
         let name = rel.file_name().map(PathBuf::from).unwrap_or_default();
-        let to = quarantine(&store, rel, &Path::new(SNAPSHOTS_DIR).join(name))?;
+        let to = quarantine(store, rel, &Path::new(SNAPSHOTS_DIR).join(name))?;
         done.push(Repaired {
             kind: "snapshot-damaged",
             file: sp.join(rel),
@@ -635,7 +635,7 @@ pub fn repair(store: &Store, c: &Checkup, now: i64) -> Result<Vec<Repaired>> {
     }
 
     // 3. Journal the trash items no record refers to.
-    let recovered = recover::recover(&store)?;
+    let recovered = recover::recover(store)?;
     if recovered > 0 {
         for tr in &c.orphans {
             done.push(Repaired {
@@ -743,7 +743,7 @@ pub fn repair(store: &Store, c: &Checkup, now: i64) -> Result<Vec<Repaired>> {
             out.push(b'\n');
         }
         replace_file(store.dir(), &sp, Path::new(INDEX_FILE), &out)?;
-        let added = index::reindex(&store)?;
+        let added = index::reindex(store)?;
         done.push(Repaired {
             kind: "index",
             file: sp.join(INDEX_FILE),
