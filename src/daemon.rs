@@ -284,7 +284,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     }
     // Retention at every mount (never past the snapshot just taken), then the index: without
     // entries of what is gone, with those of what is new.
-    let gc_base = run_gc(&store, false, "at mount");
+    let gc_base = run_gc(&store, "at mount");
     if let Err(e) = index::prune(&store).and_then(|_| index::reindex(&store)) {
         log::warn!("re-indexing the trash: {e}");
     }
@@ -336,7 +336,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
 
 /// Collect by the configured policy; log what was freed or why not. Returns the store size
 /// after (what automatic collection counts growth from).
-fn run_gc(store: &Store, in_daemon: bool, when: &str) -> u64 {
+fn run_gc(store: &Store, when: &str) -> u64 {
     let policy = match gc::policy(store, None, None) {
         Ok(p) => p,
         Err(e) => {
@@ -347,7 +347,6 @@ fn run_gc(store: &Store, in_daemon: bool, when: &str) -> u64 {
     let opts = gc::Options {
         retention: policy,
         dry_run: false,
-        in_daemon,
         pid: std::process::id(),
         comm: "saferoot".into(),
     };
@@ -405,7 +404,7 @@ fn start_auto_gc(store: Arc<Store>, mut base: u64) {
                     continue;
                 }
                 added = store.added_bytes();
-                base = run_gc(&store, true, "(automatic)");
+                base = run_gc(&store, "(automatic)");
                 last = std::time::Instant::now();
             }
         });
@@ -599,7 +598,6 @@ fn control_loop(r: &Running) {
                                 &gc::Options {
                                     retention,
                                     dry_run,
-                                    in_daemon: true,
                                     pid: std::process::id(),
                                     comm: "saferoot".into(),
                                 },
@@ -622,7 +620,7 @@ fn control_loop(r: &Running) {
                     .filter_map(|h| control::path_from_hex(h))
                     .collect();
                 std::thread::spawn(move || {
-                    let rep = match gc::purge(&store, &paths, dry_run, true) {
+                    let rep = match gc::purge(&store, &paths, dry_run) {
                         Ok(p) => Reply {
                             purge: Some(p),
                             ..base

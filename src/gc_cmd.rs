@@ -48,7 +48,6 @@ pub fn gc_cmd(
                 &gc::Options {
                     retention,
                     dry_run,
-                    in_daemon: false,
                     pid: std::process::id(),
                     comm: "saferoot".into(),
                 },
@@ -186,7 +185,7 @@ fn shown(rel: &[PathBuf]) -> String {
 
 fn purge(dir: &Path, rel: &[PathBuf], dry_run: bool) -> Result<PurgeReport> {
     match unmounted_store(dir)? {
-        Some(store) => Ok(gc::purge(&store, rel, dry_run, false)?),
+        Some(store) => Ok(gc::purge(&store, rel, dry_run)?),
         None => {
             let req = Request::Purge {
                 paths: rel.iter().map(|p| control::path_to_hex(p)).collect(),

@@ -16,6 +16,15 @@ fn store_bytes(p: &Project) -> u64 {
     v["store"]["total_bytes"].as_u64().expect("total_bytes")
 }
 
+/// `saferoot doctor` finds nothing wrong (mounted: through the daemon; else on the store).
+fn assert_healthy(p: &Project, when: &str) {
+    let o = p.run(&["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim())
+        .unwrap_or_else(|e| panic!("doctor --json {when}: {e}: {}{}", stdout(&o), stderr(&o)));
+    assert_eq!(v["problems"], serde_json::json!([]), "{when}: {v}");
+    assert_ok(&o);
+}
+
 fn write_config(p: &Project, text: &str) {
     std::fs::write(p.dir().join(".saferoot/config.toml"), text).unwrap();
 }
@@ -87,6 +96,13 @@ fn gc_keeps_the_cap_and_the_newest_history_restores_exactly() {
         "cap 2 MiB does not hold: {after_gc} bytes"
     );
     assert_eq!(rep["size_after"].as_u64().unwrap(), after_gc);
+    // The daemon's collection left no index line naming a collected trash item, mounted or
+    // not (the daemon's indexer appends to the same index meanwhile).
+    assert_healthy(&p, "after gc through the daemon");
+    assert_ok(&p.sh("echo more > more && rm more"));
+    p.umount();
+    assert_healthy(&p, "unmounted after gc through the daemon");
+    p.mount();
 
     // A collected instant is refused, plainly, and nothing changes.
     let live = digest(p.dir());
@@ -132,6 +148,7 @@ fn gc_keeps_the_cap_and_the_newest_history_restores_exactly() {
     assert_ok(&o);
     let rep: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(rep["records_dropped"], 0, "{rep}");
+    assert_healthy(&p, "after gc unmounted");
     // No trash item or object is left that no record refers to.
     let mut referenced = std::collections::HashSet::new();
     for r in p.log_json() {
@@ -253,7 +270,9 @@ fn trash_purge_asks_then_deletes_for_good() {
         b"keep me\n"
     );
     assert!(!p.dir().join("secret.txt").exists());
+    assert_healthy(&p, "after a purge through the daemon");
     p.umount();
+    assert_healthy(&p, "unmounted after a purge through the daemon");
     // The bytes are nowhere in the store.
     let found = files_containing(&p.dir().join(".saferoot"), secret);
     assert!(found.is_empty(), "secret still stored in {found:?}");

@@ -45,8 +45,6 @@ const TMP_STALE_SECS: i64 = 3600;
 pub struct Options {
     pub retention: Retention,
     pub dry_run: bool,
-    /// Run inside the daemon: the index has a writer there and is pruned at the next mount.
-    pub in_daemon: bool,
     pub pid: u32,
     pub comm: String,
 }
@@ -269,12 +267,9 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
     if let Some(c) = cutoff {
         report.snapshots_dropped = remove_old_manifests(store, c)?;
     }
-    // 5. Leftovers in tmp/, and the index (the daemon's indexer has it open for appending:
-    // pruned at the next mount there).
+    // 5. Leftovers in tmp/, and the index entries of the trash items collected.
     remove_stale_tmp(store);
-    if !opts.in_daemon {
-        crate::index::prune(store)?;
-    }
+    crate::index::prune(store)?;
     store.forget_made_dirs();
     report.size_after = usage(store).total();
     if let Some(cap) = cap.filter(|&c| report.size_after > c) {
@@ -654,12 +649,7 @@ fn keeps_bytes_of(r: &Record, paths: &[PathBuf]) -> bool {
 /// trash items and objects the journal keeps for them. Their records stay, without the bytes
 /// and with a note, so `log` still shows what happened and a restore to before says it cannot
 /// bring them back.
-pub fn purge(
-    store: &Store,
-    paths: &[PathBuf],
-    dry_run: bool,
-    in_daemon: bool,
-) -> Result<PurgeReport> {
+pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeReport> {
     for p in paths {
         crate::store::check_relative(p)?;
     }
@@ -736,9 +726,7 @@ pub fn purge(
         }
     }
     report.objects = remove_unreferenced_objects(store, &kept_objects);
-    if !in_daemon {
-        crate::index::prune(store)?;
-    }
+    crate::index::prune(store)?;
     store.forget_made_dirs();
     report.size_after = usage(store).total();
     Ok(report)

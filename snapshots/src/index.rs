@@ -76,6 +76,26 @@ fn append(f: &mut std::fs::File, e: &Entry, store: &Store) -> Result<()> {
     })
 }
 
+/// The store's index handle, locked, opened here on first use.
+fn locked_handle(store: &Store) -> Result<std::sync::MutexGuard<'_, Option<std::fs::File>>> {
+    let mut held = store
+        .index_handle()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if held.is_none() {
+        *held = Some(open_index(store)?);
+    }
+    Ok(held)
+}
+
+/// Append `e` through the store's shared handle, under its lock.
+fn append_shared(store: &Store, e: &Entry) -> Result<()> {
+    match locked_handle(store)?.as_mut() {
+        Some(f) => append(f, e, store),
+        None => Ok(()),
+    }
+}
+
 /// Every entry of the index (lines that do not parse, e.g. a torn last line, are skipped).
 pub fn read(store: &Store) -> Result<Vec<Entry>> {
     let fd = match nix::fcntl::openat(
@@ -109,9 +129,14 @@ pub fn read(store: &Store) -> Result<Vec<Entry>> {
 }
 
 /// Drop the entries of trash items that are gone (collected by `gc` or purged), rewriting
-/// the index (through a temporary file and a rename) only if there are any. Not while a
-/// daemon's [`Indexer`] appends to it. Returns how many were dropped.
+/// the index (through a temporary file and a rename) only if there are any. Holds the store's
+/// index lock throughout, so a daemon's [`Indexer`] appending meanwhile waits, then appends to
+/// the new file. Returns how many were dropped.
 pub fn prune(store: &Store) -> Result<usize> {
+    let mut held = store
+        .index_handle()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let entries = read(store)?;
     let (keep, gone): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| {
         nix::sys::stat::fstatat(
@@ -147,6 +172,8 @@ pub fn prune(store: &Store) -> Result<usize> {
     })?;
     nix::fcntl::renameat(store.dir(), &tmp, store.dir(), INDEX_FILE)
         .map_err(|e| Error::io("replace", &path, e))?;
+    // The old handle appends to the replaced file: the next append opens the new one.
+    *held = None;
     Ok(gone.len())
 }
 
@@ -154,7 +181,6 @@ pub fn prune(store: &Store) -> Result<usize> {
 /// were added.
 pub fn reindex(store: &Store) -> Result<usize> {
     let known: HashSet<PathBuf> = read(store)?.into_iter().map(|e| e.trash).collect();
-    let mut f = open_index(store)?;
     let mut added = 0;
     // The store path is reachable by name only when nothing is mounted over the project; walk
     // through /proc/self/fd so this also works from the daemon behind its own mount.
@@ -176,7 +202,7 @@ pub fn reindex(store: &Store) -> Result<usize> {
             continue;
         }
         if let Some(e) = hash_trash_item(store, &rel)? {
-            append(&mut f, &e, store)?;
+            append_shared(store, &e)?;
             added += 1;
         }
     }
@@ -191,7 +217,8 @@ pub struct Indexer {
 
 impl Indexer {
     pub fn start(store: Arc<Store>) -> Result<Indexer> {
-        let mut f = open_index(&store)?;
+        // Open the index now, so that a store where it cannot be written fails the mount.
+        drop(locked_handle(&store)?);
         let (tx, rx) = mpsc::channel::<PathBuf>();
         let thread = std::thread::Builder::new()
             .name("saferoot-index".into())
@@ -199,7 +226,7 @@ impl Indexer {
                 for rel in rx {
                     // Failures are not fatal: reindex() at the next mount catches up.
                     if let Ok(Some(e)) = hash_trash_item(&store, &rel) {
-                        let _ = append(&mut f, &e, &store);
+                        let _ = append_shared(&store, &e);
                     }
                 }
             })

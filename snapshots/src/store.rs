@@ -67,6 +67,11 @@ pub struct Store {
     /// Bytes added to the trash and the object store since the store was opened (for the
     /// daemon's automatic collection when the size cap is crossed).
     added: std::sync::atomic::AtomicU64,
+    /// The append handle of `.saferoot/index`, opened on first use ([`crate::index`]). Appends
+    /// and the rewrite that drops the entries of collected items both hold this lock, so `gc`
+    /// in the daemon can prune while the indexer thread appends, and no entry is written into
+    /// a file the rewrite has just replaced.
+    index: Mutex<Option<std::fs::File>>,
 }
 
 /// A pinned object stays uncollectable this long after it was named.
@@ -246,7 +251,13 @@ impl Store {
             lock,
             pinned: Mutex::new(HashMap::new()),
             added: std::sync::atomic::AtomicU64::new(0),
+            index: Mutex::new(None),
         }))
+    }
+
+    /// The index's append handle and its lock (see the field).
+    pub(crate) fn index_handle(&self) -> &Mutex<Option<std::fs::File>> {
+        &self.index
     }
 
     /// Hold the store exclusively: no other process has it open (each open store holds the
