@@ -825,11 +825,11 @@ fn resolve_dir_recovering(dir: Option<&Path>) -> Result<PathBuf> {
     resolve_dir(Some(&abs))
 }
 
-/// The store of `dir`, reached through the daemon's descriptor when mounted.
-/// Returns the store and whether the directory is mounted.
-pub fn open_store(dir: &Path) -> Result<(Store, bool)> {
-    let (fd, mounted): (OwnedFd, bool) = match control::call(dir, &Request::Fd)? {
-        Some((rep, Some(fd))) if rep.ok => (fd, true),
+/// The real project directory `dir` (the daemon's descriptor of it when mounted, else `dir`
+/// opened here), and whether it is mounted.
+pub fn project_dir_fd(dir: &Path) -> Result<(OwnedFd, bool)> {
+    match control::call(dir, &Request::Fd)? {
+        Some((rep, Some(fd))) if rep.ok => Ok((fd, true)),
         Some((rep, _)) => bail!(
             "the saferoot daemon refused: {}",
             rep.error.unwrap_or_else(|| "no descriptor".into())
@@ -850,9 +850,15 @@ pub fn open_store(dir: &Path) -> Result<(Store, bool)> {
                 nix::sys::stat::Mode::empty(),
             )
             .with_context(|| format!("open {}", dir.display()))?;
-            (fd, false)
+            Ok((fd, false))
         }
-    };
+    }
+}
+
+/// The store of `dir`, reached through the daemon's descriptor when mounted.
+/// Returns the store and whether the directory is mounted.
+pub fn open_store(dir: &Path) -> Result<(Store, bool)> {
+    let (fd, mounted) = project_dir_fd(dir)?;
     let store = Store::open_existing(fd.as_fd(), dir)?.ok_or_else(|| {
         anyhow!(
             "{} has no saferoot history yet (it has never been mounted)",

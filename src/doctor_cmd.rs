@@ -6,9 +6,9 @@
 //! while objects are read (only when stderr is a terminal), and prints the result. What this
 //! module does not do: decide what a problem is or how it is repaired.
 
-use crate::control::{self, Request};
+use crate::control;
 use crate::mounts;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use saferoot_snapshots::doctor::{self, Checkup, Problem, Progress, Repaired};
 use saferoot_snapshots::journal::{ReadReport, JOURNAL_FILE};
 use saferoot_snapshots::{now_ns, time, Store};
@@ -38,7 +38,7 @@ pub fn doctor(dir: &Path, repair: bool, json: bool) -> Result<i32> {
             dir.display()
         );
     }
-    let project = project_fd(dir)?;
+    let (project, _) = crate::cli::project_dir_fd(dir)?;
     let now = now_ns();
     let mut found: Vec<Problem> = Vec::new();
     let mut repaired: Vec<Repaired> = Vec::new();
@@ -65,34 +65,6 @@ pub fn doctor(dir: &Path, repair: bool, json: bool) -> Result<i32> {
     let after = check(&store, false, now_ns())?;
     print(dir, json, &found, &repaired, Some(&checkup), Some(&after));
     Ok(if after.ok() { 0 } else { 1 })
-}
-
-/// The real project directory: through the daemon when mounted.
-fn project_fd(dir: &Path) -> Result<OwnedFd> {
-    match control::call(dir, &Request::Fd)? {
-        Some((rep, Some(fd))) if rep.ok => Ok(fd),
-        Some((rep, _)) => bail!(
-            "the saferoot daemon refused: {}",
-            rep.error.unwrap_or_else(|| "no descriptor".into())
-        ),
-        None => {
-            if mounts::saferoot_mounted(dir) {
-                bail!(
-                    "{} is a saferoot mount whose daemon is gone; run `saferoot -C {} umount` first",
-                    dir.display(),
-                    dir.display()
-                );
-            }
-            Ok(nix::fcntl::open(
-                dir,
-                nix::fcntl::OFlag::O_RDONLY
-                    | nix::fcntl::OFlag::O_DIRECTORY
-                    | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .with_context(|| format!("open {}", dir.display()))?)
-        }
-    }
 }
 
 fn open(project: &OwnedFd, dir: &Path) -> Result<Store> {
