@@ -305,8 +305,17 @@ pub fn encode(rec: &Record) -> Vec<u8> {
 
 /// The open journal, shared by every thread that records changes.
 pub struct Journal {
-    file: Mutex<File>,
+    file: Mutex<Tail>,
     path: PathBuf,
+}
+
+/// The append handle, and whether the file ends in a torn line not sealed yet.
+struct Tail {
+    file: File,
+    /// The last line has no newline and its seal could not be written when the journal was
+    /// opened (a full disk): the next append writes the seal first. Readers ignore a torn last
+    /// line either way, so commands that only read work on a full disk.
+    unsealed: bool,
 }
 
 impl Journal {
@@ -332,6 +341,7 @@ impl Journal {
                 cause: e,
             })?
             .len();
+        let mut unsealed = false;
         if len == 0 {
             file.write_all(HEADER.as_bytes()).map_err(|e| Error::Io {
                 op: "write journal header",
@@ -341,15 +351,12 @@ impl Journal {
         } else if last_byte(store, &path)? != Some(b'\n') {
             // A crash tore the last record. End that line with a seal, so the fragment stays
             // one line on its own instead of swallowing the next good record, and readers
-            // still know it for a torn write (harmless) rather than a damaged record.
-            file.write_all(TORN_SEAL).map_err(|e| Error::Io {
-                op: "repair journal tail",
-                path: path.clone(),
-                cause: e,
-            })?;
+            // still know it for a torn write (harmless) rather than a damaged record. If the
+            // seal cannot be written now (no space), the next append writes it first.
+            unsealed = file.write_all(TORN_SEAL).is_err();
         }
         Ok(Journal {
-            file: Mutex::new(file),
+            file: Mutex::new(Tail { file, unsealed }),
             path,
         })
     }
@@ -357,19 +364,33 @@ impl Journal {
     /// Append one record. The caller must have put any bytes the record refers to in place
     /// before calling this.
     pub fn append(&self, rec: &Record) -> Result<()> {
-        let line = encode(rec);
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_all(&line).map_err(|e| Error::Io {
-            op: "append to journal",
-            path: self.path.clone(),
-            cause: e,
-        })
+        let mut line = encode(rec);
+        let mut t = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if t.unsealed {
+            // One write: the seal never lands without the record, or the record without it.
+            let mut sealed = TORN_SEAL.to_vec();
+            sealed.append(&mut line);
+            line = sealed;
+        }
+        if let Err(e) = t.file.write_all(&line) {
+            // Part of the line may have landed (a full disk): seal it before the next record,
+            // which would otherwise extend it into one damaged line. A seal after a whole line
+            // is a line of its own that reads as a harmless torn write.
+            t.unsealed = true;
+            return Err(Error::Io {
+                op: "append to journal",
+                path: self.path.clone(),
+                cause: e,
+            });
+        }
+        t.unsealed = false;
+        Ok(())
     }
 
     /// fsync the journal.
     pub fn sync(&self) -> Result<()> {
-        let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.sync_all().map_err(|e| Error::Io {
+        let t = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        t.file.sync_all().map_err(|e| Error::Io {
             op: "fsync journal",
             path: self.path.clone(),
             cause: e,
@@ -465,7 +486,8 @@ impl Journal {
             nix::sys::stat::Mode::empty(),
         )
         .map_err(io("open journal", &self.path))?;
-        *f = File::from(fd);
+        f.file = File::from(fd);
+        f.unsealed = false;
         Ok(())
     }
 }
