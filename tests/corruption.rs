@@ -401,3 +401,73 @@ fn doctor_is_completed_and_documented() {
     let o = saferoot(&["doctor", "--no-such-flag"]);
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
 }
+
+/// A crash that loses the journal's tail after `rm -rf` of a directory: the next mount
+/// journals the trash items again, but the directory's own removal is gone with the lost
+/// records. Restoring to before still gives the directory back with everything in it, in
+/// place and with `--to`, byte for byte, and says which directory it had to recreate; the
+/// restore's own undo works.
+#[test]
+fn a_lost_tail_after_rm_rf_still_restores_the_directory() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::source_tree();
+    let d = p.dir().to_owned();
+    std::fs::create_dir_all(d.join("gen/deep")).unwrap();
+    for i in 0..5 {
+        std::fs::write(d.join(format!("gen/deep/f{i}")), format!("generated {i}\n")).unwrap();
+    }
+    p.mount();
+    tick();
+    let t0 = now_rfc3339();
+    let before = digest(&d);
+    tick();
+    sh(&p, "rm -rf gen");
+    p.umount();
+    // The crash: every record from the first unlink under gen/ on is lost.
+    let n = line_of(&p, r#""op":"unlink","path":"gen/"#);
+    let text = std::fs::read_to_string(journal(&p)).unwrap();
+    let kept: String = text.lines().take(n - 1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(journal(&p), kept).unwrap();
+    // The next mount finds the trash items without records and journals them.
+    p.mount();
+    p.umount();
+    assert!(
+        p.log_json()
+            .iter()
+            .any(|r| r["op"] == "unlink" && r["path"] == "gen/deep/f0"),
+        "recovered"
+    );
+    let o = p.run(&["diff", &t0]);
+    assert_ok(&o);
+    for want in ["- gen\n", "- gen/deep\n", "- gen/deep/f0\n"] {
+        assert!(stdout(&o).contains(want), "{want:?}: {}", stdout(&o));
+    }
+    let out = tempfile::tempdir().unwrap();
+    let to = out.path().join("t");
+    let o = p.run(&["restore", "--to", to.to_str().unwrap(), &t0]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("given mode 0755: gen"),
+        "{}",
+        stderr(&o)
+    );
+    let mut want = before.clone();
+    want.retain(|k, _| !k.starts_with(".saferoot"));
+    let mut got = digest(&to);
+    got.retain(|k, _| !k.starts_with(".saferoot"));
+    assert_same_tree(&want, &got);
+    let live = digest(&d);
+    let o = p.run(&["restore", &t0]);
+    assert_ok(&o);
+    assert_same_tree(&before, &digest(&d));
+    let undo = stdout(&o)
+        .split("undo with `saferoot restore ")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .unwrap_or_else(|| panic!("no undo command: {}", stdout(&o)))
+        .to_owned();
+    assert_ok(&p.run(&["restore", &undo]));
+    assert_same_tree(&live, &digest(&d));
+}

@@ -912,8 +912,8 @@ fn trees_at(
             .filter(|(w, end)| w.t <= t && t < *end)
             .map(|(w, _)| *w)
             .collect();
-        if open.is_empty() {
-            out[i] = Some((rb.tree.clone(), rb.warnings(t)));
+        let (mut tree, mut warnings) = if open.is_empty() {
+            (rb.tree.clone(), rb.warnings(t))
         } else {
             let saved = rb.tree.clone();
             // Newest first, so the oldest session open at t (an `append` whose later `write`
@@ -923,10 +923,47 @@ fn trees_at(
                     rb.undo_change_at(&p, w)?;
                 }
             }
-            out[i] = Some((std::mem::replace(&mut rb.tree, saved), rb.warnings(t)));
-        }
+            (std::mem::replace(&mut rb.tree, saved), rb.warnings(t))
+        };
+        warnings.extend(add_missing_parents(&mut tree));
+        out[i] = Some((tree, warnings));
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// Give every entry of `tree` its parent directories: a directory whose removal is not in the
+/// journal (its record lost in a crash, while the trash items below it were journaled again
+/// at the next mount) would otherwise leave its entries without a place to go. Such a
+/// directory gets mode 0755; the warning names them.
+fn add_missing_parents(tree: &mut Tree) -> Option<String> {
+    let mut missing: BTreeSet<PathBuf> = BTreeSet::new();
+    for p in tree.keys() {
+        for a in p.ancestors().skip(1) {
+            if a.as_os_str().is_empty() || tree.contains_key(a) || !missing.insert(a.to_owned()) {
+                break;
+            }
+        }
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let n = missing.len();
+    let mut list: Vec<String> = missing
+        .iter()
+        .take(5)
+        .map(|p| p.display().to_string())
+        .collect();
+    if n > 5 {
+        list.push("…".into());
+    }
+    for a in missing {
+        tree.insert(a, Entry::bare(Kind::Dir, 0o755, Source::Fresh));
+    }
+    Some(format!(
+        "{n} directory(ies) held files then but no journal record says they existed (records \
+         lost in a crash?); they are given mode 0755: {}",
+        list.join(", ")
+    ))
 }
 
 /// Each `write` record that kept a pre-image, with the instant its write session ended: the
