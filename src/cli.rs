@@ -358,7 +358,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Umount { lazy, force } => {
-            let dir = resolve_dir_for_umount(cli.dir.as_deref())?;
+            let dir = resolve_dir_maybe_dead(cli.dir.as_deref())?;
             if force {
                 force_umount(&dir)?;
             } else {
@@ -436,7 +436,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             crate::history_cmd::undelete(&dir, &paths)
         }
         Cmd::Status { json } => {
-            let dir = resolve_dir(cli.dir.as_deref())?;
+            // A dead mount is a state to report, not an error.
+            let dir = resolve_dir_maybe_dead(cli.dir.as_deref())?;
             if json {
                 status_json(&dir)
             } else {
@@ -549,8 +550,9 @@ fn discover_project() -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
-/// Like [`resolve_dir`], but accepts a dead mount (whose root cannot even be stat'ed).
-fn resolve_dir_for_umount(dir: Option<&Path>) -> Result<PathBuf> {
+/// Like [`resolve_dir`], but accepts a dead mount (whose root cannot even be stat'ed): for
+/// `umount`, `mount` and `run`, which recover it, and `status`, which reports it.
+fn resolve_dir_maybe_dead(dir: Option<&Path>) -> Result<PathBuf> {
     let discovered;
     let given = match dir {
         Some(d) => d,
@@ -818,7 +820,7 @@ fn daemon_pids(dir: &Path) -> Vec<i32> {
 /// Like [`resolve_dir`], for `mount` and `run`: a saferoot mount whose daemon is gone is
 /// recovered first ([`recover_dead_mount`]), so that they can mount afresh.
 fn resolve_dir_recovering(dir: Option<&Path>) -> Result<PathBuf> {
-    let abs = resolve_dir_for_umount(dir)?;
+    let abs = resolve_dir_maybe_dead(dir)?;
     if mounts::saferoot_mounted(&abs) && control::connect(&abs)?.is_none() {
         recover_dead_mount(&abs)?;
     }

@@ -1282,6 +1282,18 @@ fn a_dead_daemon_is_recovered_by_run_and_mount() {
     for round in ["run", "mount"] {
         kill_daemon(daemon_pid(&p));
         assert!(is_mounted(p.dir()), "the dead mount is still there");
+        // status reports the dead mount (and exits 0), in text and in JSON.
+        let o = cli(&["status"]);
+        assert_ok(&o);
+        assert!(
+            stdout(&o).contains("mounted, but the daemon is gone"),
+            "{}",
+            stdout(&o)
+        );
+        let o = cli(&["status", "--json"]);
+        assert_ok(&o);
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(v["daemon_gone"], true, "{v}");
         let o = if round == "run" {
             cli(&["run", "--", "true"])
         } else {
