@@ -271,6 +271,9 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
         Store::open_or_create(root.as_fd(), dir)
             .with_context(|| format!("open the store of {}", dir.display()))?,
     );
+    // A journal of another version is never appended to (nor rewritten): refuse to mount.
+    saferoot_snapshots::journal::check_version(store.dir(), store.dir_path())
+        .context("the journal was written by another version of saferoot")?;
     start_logging(&store);
     match saferoot_snapshots::recover::recover(&store) {
         Ok(0) => {}

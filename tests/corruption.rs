@@ -471,3 +471,37 @@ fn a_lost_tail_after_rm_rf_still_restores_the_directory() {
     assert_ok(&p.run(&["restore", &undo]));
     assert_same_tree(&live, &digest(&d));
 }
+
+/// A journal written by another format version is never appended to: `mount` refuses it,
+/// naming the file and the header, and leaves every byte of it as it was.
+#[test]
+fn mount_refuses_a_journal_of_another_version() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::write(p.dir().join("a.txt"), b"one\n").unwrap();
+    p.mount();
+    sh(&p, "echo two > a.txt");
+    p.umount();
+    let text = std::fs::read_to_string(journal(&p)).unwrap();
+    let (_, rest) = text.split_once('\n').unwrap();
+    // Version 2, and a last line without its newline (which version 1 would seal).
+    let foreign = format!("saferoot-journal 2\n{rest}{{\"future\":");
+    std::fs::write(journal(&p), &foreign).unwrap();
+    let o = p.run(&["mount"]);
+    fails_with(
+        &o,
+        &[
+            "another version of saferoot",
+            &journal(&p).display().to_string(),
+            "saferoot-journal 2",
+        ],
+    );
+    assert!(!is_mounted(p.dir()));
+    assert_eq!(std::fs::read_to_string(journal(&p)).unwrap(), foreign);
+    let (code, v) = doctor_json(&p, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert!(v.to_string().contains("saferoot-journal 2"), "{v}");
+    assert_eq!(std::fs::read_to_string(journal(&p)).unwrap(), foreign);
+}

@@ -348,7 +348,10 @@ impl Journal {
                 path: path.clone(),
                 cause: e,
             })?;
-        } else if last_byte(store, &path)? != Some(b'\n') {
+        } else if last_byte(store, &path)? != Some(b'\n')
+            // Never write to a journal of another version (its readers refuse it).
+            && check_version(store, store_path).is_ok()
+        {
             // A crash tore the last record. End that line with a seal, so the fragment stays
             // one line on its own instead of swallowing the next good record, and readers
             // still know it for a torn write (harmless) rather than a damaged record. If the
@@ -610,6 +613,43 @@ pub fn read_bytes(store: BorrowedFd<'_>, store_path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The error for a journal whose first line is not this version's header.
+fn unknown_header(buf: &[u8], path: &Path) -> Error {
+    let first = buf.split(|&c| c == b'\n').next().unwrap_or_default();
+    Error::Format {
+        path: path.to_owned(),
+        what: format!(
+            "unknown journal header {:?} (this saferoot reads version 1)",
+            String::from_utf8_lossy(first)
+        ),
+    }
+}
+
+/// Refuse a journal written in another format version (its header), reading only its first
+/// line: what the daemon checks before it appends anything.
+pub fn check_version(store: BorrowedFd<'_>, store_path: &Path) -> Result<()> {
+    let path = store_path.join(JOURNAL_FILE);
+    let fd = match nix::fcntl::openat(
+        store,
+        JOURNAL_FILE,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(Error::io("open journal", &path, e)),
+    };
+    let mut head = [0u8; 128];
+    let n = nix::sys::uio::pread(fd.as_fd(), &mut head, 0)
+        .map_err(|e| Error::io("read journal", &path, e))?;
+    let head = &head[..n];
+    if head.is_empty() || head.starts_with(HEADER.as_bytes()) {
+        Ok(())
+    } else {
+        Err(unknown_header(head, &path))
+    }
+}
+
 /// Parse journal bytes (see [`read`]).
 pub fn parse(buf: &[u8], path: &Path) -> Result<(Vec<Record>, ReadReport)> {
     let (numbered, report) = parse_numbered(buf, path)?;
@@ -660,16 +700,7 @@ pub fn lines<'a>(buf: &'a [u8], path: &Path) -> Result<Vec<Line<'a>>> {
     }
     let body = match buf.strip_prefix(HEADER.as_bytes()) {
         Some(b) => b,
-        None => {
-            let first = buf.split(|&c| c == b'\n').next().unwrap_or_default();
-            return Err(Error::Format {
-                path: path.to_owned(),
-                what: format!(
-                    "unknown journal header {:?} (this saferoot reads version 1)",
-                    String::from_utf8_lossy(first)
-                ),
-            });
-        }
+        None => return Err(unknown_header(buf, path)),
     };
     let mut pieces: Vec<&[u8]> = body.split(|&c| c == b'\n').collect();
     // split() yields a final empty piece when the body ends with '\n'; anything else there is a
