@@ -84,18 +84,14 @@ fn print_gc(r: &Report) {
         "freed"
     };
     println!(
-        "gc{}: {verb} {} ({} journal record(s){}) in {} ms",
+        "gc{}: {verb} {} ({} journal record(s), {} trash item(s), {} object(s), {} \
+         snapshot(s)) in {} ms",
         if r.dry_run { " --dry-run" } else { "" },
         human_bytes(freed),
         r.records_dropped,
-        if r.dry_run {
-            String::new()
-        } else {
-            format!(
-                ", {} trash item(s), {} object(s), {} snapshot(s)",
-                r.trash_items_freed, r.objects_freed, r.snapshots_dropped
-            )
-        },
+        r.trash_items_freed,
+        r.objects_freed,
+        r.snapshots_dropped,
         r.elapsed_ms
     );
     println!(

@@ -84,10 +84,24 @@ fn gc_keeps_the_cap_and_the_newest_history_restores_exactly() {
     assert_eq!(store_bytes(&p), before_gc);
     assert_eq!(p.log_json().len(), journal_before);
 
+    let o = p.run(&["gc", "--dry-run", "--max-size", "2MiB", "--json"]);
+    assert_ok(&o);
+    let dry: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+
     // The real thing, through the daemon.
     let o = p.run(&["gc", "--max-size", "2MiB", "--json"]);
     assert_ok(&o);
     let rep: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    // The dry run counted what the real run did.
+    for k in [
+        "records_dropped",
+        "trash_items_freed",
+        "objects_freed",
+        "snapshots_dropped",
+    ] {
+        assert_eq!(dry[k], rep[k], "{k}: dry run {dry}, real {rep}");
+    }
+    assert!(rep["trash_items_freed"].as_u64().unwrap() > 0, "{rep}");
     assert!(rep["records_dropped"].as_u64().unwrap() > 0, "{rep}");
     assert!(rep["cap_unmet"].is_null(), "{rep}");
     let after_gc = store_bytes(&p);

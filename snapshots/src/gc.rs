@@ -187,6 +187,34 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
         report.size_after = before.total().saturating_sub(plan.estimate_freed);
         if plan.k > 0 {
             report.oldest_after = Some(plan.cutoff);
+            // What the real run would remove: the same choices, counted instead of made.
+            let (dropped, kept): (Vec<&Record>, Vec<&Record>) =
+                records.iter().partition(|r| r.t < plan.cutoff);
+            let kept_trash: HashSet<PathBuf> =
+                kept.iter().filter_map(|r| r.trash.clone()).collect();
+            let kept_objects: HashSet<&String> =
+                kept.iter().filter_map(|r| r.object.as_ref()).collect();
+            let dropped_trash: HashSet<&PathBuf> =
+                dropped.iter().filter_map(|r| r.trash.as_ref()).collect();
+            report.trash_items_freed = dropped_trash
+                .into_iter()
+                .filter(|p| !related(&kept_trash, p) && !journal_path_unsafe(p))
+                .filter(|p| {
+                    nix::sys::stat::fstatat(
+                        store.dir(),
+                        p.as_path(),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .is_ok()
+                })
+                .count();
+            let dropped_objects: HashSet<&String> =
+                dropped.iter().filter_map(|r| r.object.as_ref()).collect();
+            report.objects_freed = dropped_objects
+                .into_iter()
+                .filter(|o| !kept_objects.contains(o))
+                .count();
+            report.snapshots_dropped = old_manifests(store, plan.cutoff)?.len();
         }
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
@@ -245,11 +273,8 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
     }
     // 2. Trash items only dropped records referred to, then whole buckets older than the
     // cutoff that nothing kept is in.
-    let related = |p: &Path| {
-        p.ancestors().any(|a| kept_trash.contains(a)) || kept_trash.iter().any(|k| k.starts_with(p))
-    };
     for p in &dropped_trash {
-        if related(p) || journal_path_unsafe(p) {
+        if related(&kept_trash, p) || journal_path_unsafe(p) {
             continue;
         }
         if remove_tree(store.dir(), p).is_ok() {
@@ -583,20 +608,32 @@ fn remove_unreferenced_objects(store: &Store, kept: &HashSet<String>) -> usize {
 /// Remove the manifests of snapshots taken before `cutoff`, except the newest. Returns how
 /// many.
 fn remove_old_manifests(store: &Store, cutoff: i64) -> Result<usize> {
-    let list = manifest::list(store)?;
-    let newest = list.iter().map(|s| s.n).max();
     let mut removed = 0;
-    for s in list {
-        if s.t < cutoff && Some(s.n) != newest {
-            let rel = Path::new(manifest::SNAPSHOTS_DIR).join(s.n.to_string());
-            if nix::unistd::unlinkat(store.dir(), &rel, nix::unistd::UnlinkatFlags::NoRemoveDir)
-                .is_ok()
-            {
-                removed += 1;
-            }
+    for rel in old_manifests(store, cutoff)? {
+        if nix::unistd::unlinkat(store.dir(), &rel, nix::unistd::UnlinkatFlags::NoRemoveDir).is_ok()
+        {
+            removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// The manifests (paths relative to the store) of snapshots taken before `cutoff`, except
+/// the newest snapshot's.
+fn old_manifests(store: &Store, cutoff: i64) -> Result<Vec<PathBuf>> {
+    let list = manifest::list(store)?;
+    let newest = list.iter().map(|s| s.n).max();
+    Ok(list
+        .into_iter()
+        .filter(|s| s.t < cutoff && Some(s.n) != newest)
+        .map(|s| Path::new(manifest::SNAPSHOTS_DIR).join(s.n.to_string()))
+        .collect())
+}
+
+/// A trash path that a kept record names, or that contains or lies inside one: collecting it
+/// would take kept bytes along.
+fn related(kept: &HashSet<PathBuf>, p: &Path) -> bool {
+    p.ancestors().any(|a| kept.contains(a)) || kept.iter().any(|k| k.starts_with(p))
 }
 
 /// Remove files in `tmp/` that interrupted work left behind long ago.
@@ -719,9 +756,10 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
         Ok(out)
     })?;
     for p in &purged_trash {
-        let related = p.ancestors().any(|a| kept_trash.contains(a))
-            || kept_trash.iter().any(|k| k.starts_with(p));
-        if !related && !journal_path_unsafe(p) && remove_tree(store.dir(), p).is_ok() {
+        if !related(&kept_trash, p)
+            && !journal_path_unsafe(p)
+            && remove_tree(store.dir(), p).is_ok()
+        {
             prune_empty_parents(store.dir(), p);
         }
     }
