@@ -55,9 +55,15 @@ pub fn doctor(dir: &Path, repair: bool, json: bool) -> Result<i32> {
     let store = open(&project, dir)?;
     let checkup = check(&store, mounted, now)?;
     found.extend(checkup.problems.iter().cloned());
-    if !repair || checkup.ok() {
+    if !repair {
         print(dir, json, &found, &repaired, Some(&checkup), None);
         return Ok(if found.is_empty() { 0 } else { 1 });
+    }
+    if checkup.ok() {
+        // Nothing but the format file (repaired above, before this checkup), or nothing at all.
+        let after = (!repaired.is_empty()).then_some(&checkup);
+        print(dir, json, &found, &repaired, Some(&checkup), after);
+        return Ok(0);
     }
     repaired.extend(doctor::repair(&store, &checkup, now)?);
     drop(store);

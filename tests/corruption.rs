@@ -505,3 +505,31 @@ fn mount_refuses_a_journal_of_another_version() {
     assert!(v.to_string().contains("saferoot-journal 2"), "{v}");
     assert_eq!(std::fs::read_to_string(journal(&p)).unwrap(), foreign);
 }
+
+/// A damaged `format` file: doctor names it; --repair writes it again and says the store is
+/// healthy (exit 0), which a second doctor confirms.
+#[test]
+fn a_damaged_format_file_is_repaired_and_reported_healthy() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    p.umount();
+    let format = p.dir().join(".saferoot/format");
+    std::fs::write(&format, b"garbage\n").unwrap();
+    let (code, v) = doctor_json(&p, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["problems"][0]["kind"], "format", "{v}");
+    let (code, v) = doctor_json(&p, &["--repair"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["remaining"], serde_json::json!([]), "{v}");
+    assert_eq!(v["repaired"][0]["kind"], "format", "{v}");
+    assert_eq!(
+        std::fs::read(&format).unwrap(),
+        b"saferoot-store 1\n".to_vec()
+    );
+    let (code, v) = doctor_json(&p, &[]);
+    assert_eq!(code, 0, "{v}");
+}
