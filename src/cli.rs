@@ -882,6 +882,7 @@ fn trash_list(dir: &Path, json: bool, paths: &[PathBuf]) -> Result<()> {
     recs.sort_by_key(|r| r.t);
     let out = std::io::stdout();
     let mut out = out.lock();
+    let mut listed = 0usize;
     for r in &recs {
         // A removal, or a rename over something (older journals put the replaced file there).
         let removed = match r.op {
@@ -903,6 +904,7 @@ fn trash_list(dir: &Path, json: bool, paths: &[PathBuf]) -> Result<()> {
             nix::sys::stat::fstatat(store.dir(), &kept, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
                 .is_ok();
         let kept = Path::new(".saferoot").join(kept);
+        listed += 1;
         if json {
             let v = serde_json::json!({
                 "time": time::format_utc(r.t),
@@ -926,6 +928,15 @@ fn trash_list(dir: &Path, json: bool, paths: &[PathBuf]) -> Result<()> {
                 shown(&kept),
                 if present { "" } else { "  (gone)" }
             )?;
+        }
+    }
+    if listed == 0 && !json {
+        // Said on stderr, so that the listing itself stays empty for scripts.
+        if scopes.is_empty() {
+            eprintln!("saferoot: the trash keeps nothing");
+        } else {
+            let names: Vec<String> = scopes.iter().map(|p| shown(p)).collect();
+            eprintln!("saferoot: nothing kept for {}", names.join(", "));
         }
     }
     Ok(())
@@ -1054,6 +1065,17 @@ pub(crate) fn project_relative(dir: &Path, paths: &[PathBuf]) -> Result<Vec<Path
         if rel.as_os_str().is_empty() {
             // The project itself: the whole tree.
             return Ok(Vec::new());
+        }
+        if rel.components().next()
+            == Some(std::path::Component::Normal(
+                saferoot_fuse::STORE_DIR.as_ref(),
+            ))
+        {
+            bail!(
+                "{}: {} is saferoot's own store; give paths of the project",
+                p.display(),
+                saferoot_fuse::STORE_DIR
+            );
         }
         out.push(rel.to_owned());
     }

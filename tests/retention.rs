@@ -293,4 +293,25 @@ fn trash_purge_asks_then_deletes_for_good() {
     let o = p.run(&["trash", "purge", "--yes", "nothing-here"]);
     assert_ok(&o);
     assert!(stdout(&o).contains("nothing kept"), "{}", stdout(&o));
+    let o = p.run(&["trash", "list", "nothing-here"]);
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "");
+    assert!(
+        stderr(&o).contains("nothing kept for nothing-here"),
+        "{}",
+        stderr(&o)
+    );
+    // The store itself is not a path of the project.
+    let journal = std::fs::read(p.dir().join(".saferoot/journal")).unwrap();
+    let o = p.run(&["trash", "purge", "--yes", ".saferoot/journal"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(".saferoot is saferoot's own store"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(p.dir().join(".saferoot/journal")).unwrap(),
+        journal
+    );
 }
