@@ -275,6 +275,8 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     saferoot_snapshots::journal::check_version(store.dir(), store.dir_path())
         .context("the journal was written by another version of saferoot")?;
     start_logging(&store);
+    // Room for the journal to grow into when the disk fills up.
+    store.journal().keep_reserve();
     match saferoot_snapshots::recover::recover(&store) {
         Ok(0) => {}
         Ok(n) => log::warn!("journaled {n} trash item(s) left unrecorded by a crash"),

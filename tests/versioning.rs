@@ -1568,6 +1568,56 @@ fn a_full_disk_leaves_the_reading_commands_working() {
     }
 }
 
+/// When the disk fills up, the daemon's records still reach the journal (it keeps room
+/// allocated past the journal's end): every change made through the mount on a full disk is
+/// in `log`, and a file removed then is in `trash list` at once.
+#[test]
+fn a_full_disk_still_journals_every_change() {
+    if !fuse_available() {
+        return;
+    }
+    let fs = Tmpfs::of_4_mib();
+    let dir = fs.0.path().join("project");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"notes\n").unwrap();
+    let d = dir.to_str().unwrap();
+    assert_ok(&saferoot(&["-C", d, "mount"]));
+    let mut filler = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+    let block = vec![1u8; 65536];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    drop(filler);
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 300 ]; do mkdir d$i && rmdir d$i || exit 1; i=$((i+1)); done; \
+             rm notes.txt",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let log = saferoot(&["-C", d, "log", "--json"]);
+    assert_ok(&log);
+    let recs: Vec<serde_json::Value> = stdout(&log)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |op: &str| recs.iter().filter(|r| r["op"] == op).count();
+    assert_eq!((count("mkdir"), count("rmdir")), (300, 300));
+    assert!(recs
+        .iter()
+        .any(|r| r["op"] == "unlink" && r["path"] == "notes.txt"));
+    let o = saferoot(&["-C", d, "trash", "list", "notes.txt"]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("notes.txt"), "{}", stdout(&o));
+    assert_ok(&saferoot(&["-C", d, "umount"]));
+    let daemon_log = std::fs::read_to_string(dir.join(".saferoot/daemon.log")).unwrap_or_default();
+    assert!(
+        !daemon_log.contains("journal append failed"),
+        "{daemon_log}"
+    );
+}
+
 /// Issue 6, test 5: eight processes create, write, append, rename and delete in overlapping
 /// subtrees through the mount for a few seconds while `log`, `diff` and `restore --dry-run`
 /// run beside them (and succeed: they read again when a file goes away under them); then the

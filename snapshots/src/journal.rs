@@ -316,7 +316,26 @@ struct Tail {
     /// opened (a full disk): the next append writes the seal first. Readers ignore a torn last
     /// line either way, so commands that only read work on a full disk.
     unsealed: bool,
+    /// Space kept allocated past the end of the file ([`Journal::keep_reserve`]), if asked.
+    reserve: Option<Reserve>,
 }
+
+/// The journal's reserve: blocks allocated beyond its end (`fallocate` with
+/// `FALLOC_FL_KEEP_SIZE`, invisible to readers), so that appends go on when the disk fills
+/// up. The daemon's records then still reach the journal: a removal whose record were lost
+/// would be known again only at the next mount, and `trash purge` or `log` would not see it.
+struct Reserve {
+    /// The file's length, as this handle appended to it.
+    len: u64,
+    /// Allocated up to here.
+    until: u64,
+    /// Where the last attempt to extend the reserve was made (to retry only after more
+    /// appends when the disk is full).
+    tried_at: u64,
+}
+
+/// How much room the daemon keeps allocated past the journal's end: about 1,500 records.
+pub const RESERVE_BYTES: u64 = 256 * 1024;
 
 impl Journal {
     /// Open (creating with its header if new) the journal in the store directory `store`.
@@ -359,16 +378,35 @@ impl Journal {
             unsealed = file.write_all(TORN_SEAL).is_err();
         }
         Ok(Journal {
-            file: Mutex::new(Tail { file, unsealed }),
+            file: Mutex::new(Tail {
+                file,
+                unsealed,
+                reserve: None,
+            }),
             path,
         })
+    }
+
+    /// Keep [`RESERVE_BYTES`] allocated past the end of the journal from now on, topped up as
+    /// records are appended (for the daemon, the journal's one writer while mounted). Best
+    /// effort: where the filesystem has no room or no `fallocate`, appends work as before.
+    pub fn keep_reserve(&self) {
+        let mut t = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let len = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+        t.reserve = Some(Reserve {
+            len,
+            until: len,
+            tried_at: 0,
+        });
+        top_up(&mut t);
     }
 
     /// Append one record. The caller must have put any bytes the record refers to in place
     /// before calling this.
     pub fn append(&self, rec: &Record) -> Result<()> {
         let mut line = encode(rec);
-        let mut t = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let t = &mut *held;
         if t.unsealed {
             // One write: the seal never lands without the record, or the record without it.
             let mut sealed = TORN_SEAL.to_vec();
@@ -380,6 +418,9 @@ impl Journal {
             // which would otherwise extend it into one damaged line. A seal after a whole line
             // is a line of its own that reads as a harmless torn write.
             t.unsealed = true;
+            if let Some(r) = t.reserve.as_mut() {
+                r.len = t.file.metadata().map(|m| m.len()).unwrap_or(r.len);
+            }
             return Err(Error::Io {
                 op: "append to journal",
                 path: self.path.clone(),
@@ -387,6 +428,10 @@ impl Journal {
             });
         }
         t.unsealed = false;
+        if let Some(r) = t.reserve.as_mut() {
+            r.len += line.len() as u64;
+        }
+        top_up(t);
         Ok(())
     }
 
@@ -491,6 +536,16 @@ impl Journal {
         .map_err(io("open journal", &self.path))?;
         f.file = File::from(fd);
         f.unsealed = false;
+        if let Some(r) = f.reserve.as_mut() {
+            // A new file: nothing is allocated past its end yet.
+            let len = new.len() as u64;
+            *r = Reserve {
+                len,
+                until: len,
+                tried_at: 0,
+            };
+        }
+        top_up(&mut f);
         Ok(())
     }
 }
@@ -611,6 +666,39 @@ pub fn read_bytes(store: BorrowedFd<'_>, store_path: &Path) -> Result<Vec<u8>> {
             cause: e,
         })?;
     Ok(buf)
+}
+
+/// Extend the reserve when less than half of it is left. When that fails (a full disk), try
+/// again only after another eighth of it has been appended.
+fn top_up(t: &mut Tail) {
+    let Some(r) = t.reserve.as_mut() else { return };
+    let due = |r: &Reserve| {
+        r.until.saturating_sub(r.len) < RESERVE_BYTES / 2
+            && (r.tried_at == 0 || r.len >= r.tried_at + RESERVE_BYTES / 8)
+    };
+    if !due(r) {
+        return;
+    }
+    // Other processes append too (a restore while mounted): the file may be longer than what
+    // this handle counted.
+    if let Ok(m) = t.file.metadata() {
+        r.len = r.len.max(m.len());
+    }
+    r.tried_at = r.len.max(1);
+    let (Ok(off), Ok(n)) = (i64::try_from(r.len), i64::try_from(RESERVE_BYTES)) else {
+        return;
+    };
+    if nix::fcntl::fallocate(
+        t.file.as_fd(),
+        nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        off,
+        n,
+    )
+    .is_ok()
+    {
+        r.until = r.len + RESERVE_BYTES;
+        r.tried_at = 0;
+    }
 }
 
 /// The error for a journal whose first line is not this version's header.
