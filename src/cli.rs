@@ -198,11 +198,11 @@ tree costs about a `stat` of every entry."
         dry_run: bool,
         /// Keep history younger than this (e.g. 14d, 36h, 1d12h, off) instead of the
         /// configured `keep_within`
-        #[arg(long, value_name = "DURATION")]
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = duration_arg)]
         keep_within: Option<String>,
         /// Keep the store (trash, objects, journal) under this size (e.g. 10GiB, 500MiB, 10%,
         /// off) instead of the configured `max_size`
-        #[arg(long, value_name = "SIZE")]
+        #[arg(long, value_name = "SIZE", allow_hyphen_values = true, value_parser = size_arg)]
         max_size: Option<String>,
         /// One JSON object instead of text
         #[arg(long)]
@@ -259,6 +259,20 @@ pub enum TrashCmd {
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
+}
+
+/// `--keep-within`: checked here, so that a bad value is a usage error (exit 2).
+fn duration_arg(s: &str) -> std::result::Result<String, String> {
+    saferoot_snapshots::config::parse_duration(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `--max-size`: checked here, so that a bad value is a usage error (exit 2).
+fn size_arg(s: &str) -> std::result::Result<String, String> {
+    saferoot_snapshots::config::SizeCap::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 const GC_HELP: &str = "The policy comes from `[retention]` in DIR/.saferoot/config.toml (keep_within, default 14d; max_size, default 10 GiB or 10% of the filesystem, whichever is smaller); the options override it for this run. History goes oldest first: every change older than a cutoff instant, with the trash items and objects only those changes kept. Instants from the cutoff on restore exactly as before; `restore` to an earlier instant says it was collected. Nothing since the newest snapshot is ever collected. The daemon also runs gc at every mount and whenever the store grows past max_size.";

@@ -295,8 +295,7 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     }
     // The snapshot of a large tree allocates and frees much: do not keep that as resident size.
     saferoot_fuse::node::trim_heap();
-    let config = saferoot_snapshots::config::Config::load(&store)
-        .with_context(|| format!("read {}", store.dir_path().join("config.toml").display()))?;
+    let config = saferoot_snapshots::config::Config::load(&store)?;
     let fs = SaferootFs::new(
         root.try_clone().context("dup project fd")?,
         store.clone(),

@@ -315,3 +315,24 @@ fn trash_purge_asks_then_deletes_for_good() {
         journal
     );
 }
+
+/// Bad `--keep-within` and `--max-size` values are usage errors (exit 2) that name the value,
+/// negative ones included, before anything is opened.
+#[test]
+fn bad_gc_values_are_usage_errors() {
+    for (flag, value, what) in [
+        ("--keep-within", "-1d", "invalid duration"),
+        ("--keep-within", "5x", "invalid duration"),
+        ("--max-size", "-1", "invalid size"),
+        ("--max-size", "0.5", "invalid size"),
+        ("--max-size", "18446744073709551616", "invalid size"),
+    ] {
+        let o = saferoot(&["-C", "/nonexistent", "gc", flag, value]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains(what) && e.contains(&format!("{value:?}")),
+            "{flag} {value}: {e}"
+        );
+    }
+}

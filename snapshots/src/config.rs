@@ -208,10 +208,12 @@ impl SizeCap {
             "t" | "tb" | "tib" => 1 << 40,
             _ => return Err(bad()),
         };
-        if !v.is_finite() || v < 0.0 {
+        let bytes = v * mult as f64;
+        // Whole bytes, and a number that fits (2^64 and more would silently become 2^64 - 1).
+        if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 || bytes.fract() != 0.0 {
             return Err(bad());
         }
-        Ok(SizeCap::Bytes((v * mult as f64) as u64))
+        Ok(SizeCap::Bytes(bytes as u64))
     }
 
     /// The cap in bytes for a filesystem of `fs_bytes`; `None`: no cap.
@@ -316,11 +318,14 @@ impl Default for Retention {
 impl Retention {
     pub fn describe(&self) -> String {
         format!(
-            "keep {}, at most {}",
+            "keep {}, {}",
             self.keep_within_ns
                 .map(|d| format!("{} of history", describe_duration(d)))
                 .unwrap_or_else(|| "history of any age".into()),
-            self.max_size.describe()
+            match self.max_size {
+                SizeCap::Off => self.max_size.describe(),
+                cap => format!("at most {}", cap.describe()),
+            }
         )
     }
 }
@@ -379,7 +384,7 @@ impl Config {
             c.protect.push(Protected::parse(&p)?);
         }
         if let Some(r) = f.retention {
-            let ctx = |e: Error| Error::Invalid(format!("{CONFIG_FILE}: [retention] {e}"));
+            let ctx = |e: Error| Error::Invalid(format!("[retention] {e}"));
             if let Some(k) = r.keep_within {
                 c.retention.keep_within_ns = parse_duration(&k).map_err(ctx)?;
             }
@@ -411,7 +416,7 @@ impl Config {
                 path: path.clone(),
                 cause: e,
             })?;
-        Config::parse(&text)
+        Config::parse(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
     }
 
     /// Is `rel` (project-relative) a protected path or beneath one? With `or_ancestor`, also
@@ -543,7 +548,20 @@ mod tests {
         for bad in ["", "14", "d", "14x", "-3d", "1.5d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
-        for bad in ["", "10XB", "-1G", "0%", "150%", "ten"] {
+        assert_eq!(SizeCap::parse("0.5KiB").unwrap(), SizeCap::Bytes(512));
+        assert_eq!(SizeCap::parse("0").unwrap(), SizeCap::Bytes(0));
+        for bad in [
+            "",
+            "10XB",
+            "-1G",
+            "0%",
+            "150%",
+            "ten",
+            "0.5",
+            "1.5b",
+            "18446744073709551616",
+            "20000000TiB",
+        ] {
             assert!(SizeCap::parse(bad).is_err(), "{bad:?}");
         }
         let e = Config::parse("[retention]\nmax_size = \"lots\"").unwrap_err();
