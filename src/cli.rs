@@ -1292,7 +1292,12 @@ impl History {
             first: saferoot_snapshots::gc::oldest_restorable(&recs),
             deletions: recs
                 .iter()
-                .filter(|r| matches!(r.op, journal::Op::Unlink | journal::Op::Rmdir))
+                // A removal whose bytes are kept (a purged one keeps its record, not its bytes).
+                .filter(|r| match r.op {
+                    journal::Op::Unlink => r.trash.is_some() || r.object.is_some(),
+                    journal::Op::Rmdir => true,
+                    _ => false,
+                })
                 .count(),
             trash_files: u.trash_files,
             trash_bytes: u.trash_bytes,

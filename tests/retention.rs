@@ -277,8 +277,19 @@ fn trash_purge_asks_then_deletes_for_good() {
         "{}",
         stdout(&o)
     );
+    // status counts only the removal whose bytes are still kept.
+    let o = p.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["history"]["restorable_deletions"], 1, "{v}");
     // A restore to before brings back what was not purged, and says what it cannot.
-    assert_ok(&p.run(&["restore", &t0]));
+    let o = p.run(&["restore", &t0]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("secret.txt")
+            && stderr(&o).contains("deleted by `saferoot trash purge`"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         std::fs::read(p.dir().join("keep.txt")).unwrap(),
         b"keep me\n"

@@ -682,6 +682,9 @@ fn keeps_bytes_of(r: &Record, paths: &[PathBuf]) -> bool {
     about.is_some_and(|a| paths.iter().any(|p| a.starts_with(p)))
 }
 
+/// The note `trash purge` puts on each record whose bytes it deleted (followed by the time).
+pub const PURGE_NOTE: &str = "kept bytes deleted by `saferoot trash purge`";
+
 /// Delete for good every kept old version of `paths` (and of everything below them): the
 /// trash items and objects the journal keeps for them. Their records stay, without the bytes
 /// and with a note, so `log` still shows what happened and a restore to before says it cannot
@@ -723,10 +726,7 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
         return Ok(report);
     }
     let now = crate::now_ns();
-    let note = format!(
-        "kept bytes deleted by `saferoot trash purge` at {}",
-        crate::time::format_utc(now)
-    );
+    let note = format!("{PURGE_NOTE} at {}", crate::time::format_utc(now));
     let mut purged_trash: Vec<PathBuf> = Vec::new();
     let mut kept_trash: HashSet<PathBuf> = HashSet::new();
     let mut kept_objects: HashSet<String> = HashSet::new();

@@ -1591,13 +1591,18 @@ impl Rollback<'_> {
             return Ok(());
         }
         let kind = r.kind.unwrap_or(Kind::File);
+        let why = if r
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains(crate::gc::PURGE_NOTE))
+        {
+            format!("removed at {when}; its kept content was deleted by `saferoot trash purge`")
+        } else {
+            format!("removed at {when} without its content being kept")
+        };
         self.tree.insert(
             p.to_owned(),
-            Entry::bare(
-                kind,
-                r.mode.unwrap_or(0) & 0o7777,
-                Source::Unknown(format!("removed at {when} without its content being kept")),
-            ),
+            Entry::bare(kind, r.mode.unwrap_or(0) & 0o7777, Source::Unknown(why)),
         );
         Ok(())
     }
