@@ -500,6 +500,20 @@ fn mount_refuses_a_journal_of_another_version() {
     );
     assert!(!is_mounted(p.dir()));
     assert_eq!(std::fs::read_to_string(journal(&p)).unwrap(), foreign);
+    // Nor does any command that appends unmounted (a snapshot's record, a restore's).
+    for args in [
+        &["snapshot"][..],
+        &["restore", "1m"],
+        &["gc", "--keep-within", "0s"],
+    ] {
+        let o = p.run(args);
+        fails_with(&o, &["saferoot-journal 2"]);
+        assert_eq!(
+            std::fs::read_to_string(journal(&p)).unwrap(),
+            foreign,
+            "{args:?}"
+        );
+    }
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!(code, 1, "{v}");
     assert!(v.to_string().contains("saferoot-journal 2"), "{v}");

@@ -318,6 +318,9 @@ struct Tail {
     unsealed: bool,
     /// Space kept allocated past the end of the file ([`Journal::keep_reserve`]), if asked.
     reserve: Option<Reserve>,
+    /// The file starts with another version's header (what [`unknown_header`] says): it is
+    /// never written to, by an append or a rewrite; readers refuse it.
+    foreign: Option<String>,
 }
 
 /// The journal's reserve: blocks allocated beyond its end (`fallocate` with
@@ -361,16 +364,17 @@ impl Journal {
             })?
             .len();
         let mut unsealed = false;
+        let foreign = match check_version(store, store_path) {
+            Err(Error::Format { what, .. }) => Some(what),
+            _ => None,
+        };
         if len == 0 {
             file.write_all(HEADER.as_bytes()).map_err(|e| Error::Io {
                 op: "write journal header",
                 path: path.clone(),
                 cause: e,
             })?;
-        } else if last_byte(store, &path)? != Some(b'\n')
-            // Never write to a journal of another version (its readers refuse it).
-            && check_version(store, store_path).is_ok()
-        {
+        } else if foreign.is_none() && last_byte(store, &path)? != Some(b'\n') {
             // A crash tore the last record. End that line with a seal, so the fragment stays
             // one line on its own instead of swallowing the next good record, and readers
             // still know it for a torn write (harmless) rather than a damaged record. If the
@@ -382,6 +386,7 @@ impl Journal {
                 file,
                 unsealed,
                 reserve: None,
+                foreign,
             }),
             path,
         })
@@ -407,19 +412,37 @@ impl Journal {
         let mut line = encode(rec);
         let mut held = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let t = &mut *held;
+        if let Some(what) = &t.foreign {
+            return Err(Error::Format {
+                path: self.path.clone(),
+                what: what.clone(),
+            });
+        }
         if t.unsealed {
             // One write: the seal never lands without the record, or the record without it.
             let mut sealed = TORN_SEAL.to_vec();
             sealed.append(&mut line);
             line = sealed;
         }
-        if let Err(e) = t.file.write_all(&line) {
-            // Part of the line may have landed (a full disk): seal it before the next record,
-            // which would otherwise extend it into one damaged line. A seal after a whole line
-            // is a line of its own that reads as a harmless torn write.
-            t.unsealed = true;
+        let mut written = 0;
+        let failed = loop {
+            if written == line.len() {
+                break None;
+            }
+            match t.file.write(&line[written..]) {
+                Ok(0) => break Some(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(e) = failed {
+            // Part of the line landed (a full disk): seal it before the next record, which
+            // would otherwise extend it into one damaged line. When nothing landed, the file
+            // still ends as it did.
+            t.unsealed |= written > 0;
             if let Some(r) = t.reserve.as_mut() {
-                r.len = t.file.metadata().map(|m| m.len()).unwrap_or(r.len);
+                r.len += written as u64;
             }
             return Err(Error::Io {
                 op: "append to journal",
@@ -460,6 +483,12 @@ impl Journal {
         edit: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
     ) -> Result<()> {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(what) = &f.foreign {
+            return Err(Error::Format {
+                path: self.path.clone(),
+                what: what.clone(),
+            });
+        }
         let io = |op: &'static str, path: &Path| {
             let path = path.to_owned();
             move |e: nix::errno::Errno| Error::io(op, &path, e)
