@@ -88,11 +88,20 @@ fn locked_handle(store: &Store) -> Result<std::sync::MutexGuard<'_, Option<std::
     Ok(held)
 }
 
-/// Append `e` through the store's shared handle, under its lock.
+/// Append `e` through the store's shared handle, under its lock, unless its trash item is
+/// gone: hashing happens outside the lock, and a `gc` or `trash purge` that removed the item
+/// meanwhile has pruned the index already (it removes items before it takes the lock).
 fn append_shared(store: &Store, e: &Entry) -> Result<()> {
-    match locked_handle(store)?.as_mut() {
-        Some(f) => append(f, e, store),
-        None => Ok(()),
+    let mut held = locked_handle(store)?;
+    let present = nix::sys::stat::fstatat(
+        store.dir(),
+        &e.trash,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok();
+    match held.as_mut() {
+        Some(f) if present => append(f, e, store),
+        _ => Ok(()),
     }
 }
 
@@ -162,16 +171,24 @@ pub fn prune(store: &Store) -> Result<usize> {
     )
     .map_err(|e| Error::io("create", &store.dir_path().join(&tmp), e))?;
     let mut f = std::fs::File::from(fd);
-    for e in &keep {
-        append(&mut f, e, store)?;
+    let written = keep
+        .iter()
+        .try_for_each(|e| append(&mut f, e, store))
+        .and_then(|()| {
+            f.sync_all().map_err(|e| Error::Io {
+                op: "fsync",
+                path: path.clone(),
+                cause: e,
+            })
+        })
+        .and_then(|()| {
+            nix::fcntl::renameat(store.dir(), &tmp, store.dir(), INDEX_FILE)
+                .map_err(|e| Error::io("replace", &path, e))
+        });
+    if let Err(e) = written {
+        let _ = nix::unistd::unlinkat(store.dir(), &tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        return Err(e);
     }
-    f.sync_all().map_err(|e| Error::Io {
-        op: "fsync",
-        path: path.clone(),
-        cause: e,
-    })?;
-    nix::fcntl::renameat(store.dir(), &tmp, store.dir(), INDEX_FILE)
-        .map_err(|e| Error::io("replace", &path, e))?;
     // The old handle appends to the replaced file: the next append opens the new one.
     *held = None;
     Ok(gone.len())
