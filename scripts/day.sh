@@ -64,7 +64,7 @@ EOF2
 records=$("$B" -C "$W/p" log --json | wc -l)
 a=$(ms); "$B" -C "$W/p" snapshot >/dev/null; snap_ms=$(( $(ms) - a ))
 # doctor on the whole day's store (through the daemon, which owns the journal while mounted).
-a=$(ms); "$B" -C "$W/p" doctor >/dev/null; doctor_full_ms=$(( $(ms) - a ))
+a=$(ms); "$B" -C "$W/p" doctor >"$W/doctor.out" || { cat "$W/doctor.out"; exit 1; }; doctor_full_ms=$(( $(ms) - a ))
 a=$(ms); "$B" -C "$W/p" gc >/dev/null; gc_nothing_ms=$(( $(ms) - a ))
 a=$(ms); "$B" -C "$W/p" gc --keep-within 0s --json > "$W/gc.json"; gc_all_ms=$(( $(ms) - a ))
 after_kib=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size_after"]//1024)' "$W/gc.json")

@@ -1080,11 +1080,7 @@ pub(crate) fn project_relative(dir: &Path, paths: &[PathBuf]) -> Result<Vec<Path
             // The project itself: the whole tree.
             return Ok(Vec::new());
         }
-        if rel.components().next()
-            == Some(std::path::Component::Normal(
-                saferoot_fuse::STORE_DIR.as_ref(),
-            ))
-        {
+        if saferoot_snapshots::restore::under_store(rel) {
             bail!(
                 "{}: {} is saferoot's own store; give paths of the project",
                 p.display(),
@@ -1292,11 +1288,13 @@ impl History {
             first: saferoot_snapshots::gc::oldest_restorable(&recs),
             deletions: recs
                 .iter()
-                // A removal whose bytes are kept (a purged one keeps its record, not its bytes).
-                .filter(|r| match r.op {
-                    journal::Op::Unlink => r.trash.is_some() || r.object.is_some(),
-                    journal::Op::Rmdir => true,
-                    _ => false,
+                // Not those whose bytes `trash purge` deleted (their records stay).
+                .filter(|r| {
+                    matches!(r.op, journal::Op::Unlink | journal::Op::Rmdir)
+                        && !r
+                            .note
+                            .as_deref()
+                            .is_some_and(|n| n.contains(saferoot_snapshots::gc::PURGE_NOTE))
                 })
                 .count(),
             trash_files: u.trash_files,

@@ -199,7 +199,6 @@ impl SizeCap {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let v: f64 = num.parse().map_err(|_| bad())?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" | "kib" => 1 << 10,
@@ -208,8 +207,15 @@ impl SizeCap {
             "t" | "tb" | "tib" => 1 << 40,
             _ => return Err(bad()),
         };
+        // Whole numbers exactly (f64 would round above 2^53); fractions of a unit such as
+        // 1.5GiB through f64, and only if they come to whole bytes. Nothing that does not fit
+        // in 64 bits.
+        if !num.contains('.') {
+            let v: u64 = num.parse().map_err(|_| bad())?;
+            return v.checked_mul(mult).map(SizeCap::Bytes).ok_or_else(bad);
+        }
+        let v: f64 = num.parse().map_err(|_| bad())?;
         let bytes = v * mult as f64;
-        // Whole bytes, and a number that fits (2^64 and more would silently become 2^64 - 1).
         if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 || bytes.fract() != 0.0 {
             return Err(bad());
         }
@@ -371,8 +377,7 @@ struct RetentionFile {
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config> {
-        let f: File = toml::from_str(text)
-            .map_err(|e| Error::Invalid(format!("{CONFIG_FILE}: {}", e.message())))?;
+        let f: File = toml::from_str(text).map_err(|e| Error::Invalid(e.message().to_string()))?;
         let mut c = Config::default();
         if let Some(list) = f.scratch {
             c.scratch = list
@@ -550,6 +555,14 @@ mod tests {
         }
         assert_eq!(SizeCap::parse("0.5KiB").unwrap(), SizeCap::Bytes(512));
         assert_eq!(SizeCap::parse("0").unwrap(), SizeCap::Bytes(0));
+        assert_eq!(
+            SizeCap::parse("9007199254740993").unwrap(),
+            SizeCap::Bytes(9_007_199_254_740_993)
+        );
+        assert_eq!(
+            SizeCap::parse("18446744073709551615").unwrap(),
+            SizeCap::Bytes(u64::MAX)
+        );
         for bad in [
             "",
             "10XB",
@@ -566,6 +579,21 @@ mod tests {
         }
         let e = Config::parse("[retention]\nmax_size = \"lots\"").unwrap_err();
         assert!(e.to_string().contains("[retention]"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_file_is_named_once_with_its_path() {
+        let t = tempfile::tempdir().unwrap();
+        let root: std::os::fd::OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let store =
+            crate::Store::open_or_create(std::os::fd::AsFd::as_fd(&root), t.path()).unwrap();
+        let path = t.path().join(".saferoot").join(CONFIG_FILE);
+        for text in ["scratch = [", "[retention]\nkeep_within = \"5x\""] {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(&store).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: ", path.display())), "{e}");
+            assert_eq!(e.matches(CONFIG_FILE).count(), 1, "{e}");
+        }
     }
 
     #[test]

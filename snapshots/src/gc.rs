@@ -187,35 +187,50 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
         report.size_after = before.total().saturating_sub(plan.estimate_freed);
         if plan.k > 0 {
             report.oldest_after = Some(plan.cutoff);
-            // What the real run would remove: the same choices, counted instead of made.
-            let (dropped, kept): (Vec<&Record>, Vec<&Record>) =
-                records.iter().partition(|r| r.t < plan.cutoff);
-            let kept_trash: HashSet<PathBuf> =
-                kept.iter().filter_map(|r| r.trash.clone()).collect();
-            let kept_objects: HashSet<&String> =
-                kept.iter().filter_map(|r| r.object.as_ref()).collect();
-            let dropped_trash: HashSet<&PathBuf> =
-                dropped.iter().filter_map(|r| r.trash.as_ref()).collect();
-            report.trash_items_freed = dropped_trash
-                .into_iter()
-                .filter(|p| !related(&kept_trash, p) && !journal_path_unsafe(p))
-                .filter(|p| {
-                    nix::sys::stat::fstatat(
-                        store.dir(),
-                        p.as_path(),
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .is_ok()
-                })
-                .count();
-            let dropped_objects: HashSet<&String> =
-                dropped.iter().filter_map(|r| r.object.as_ref()).collect();
-            report.objects_freed = dropped_objects
-                .into_iter()
-                .filter(|o| !kept_objects.contains(o))
-                .count();
-            report.snapshots_dropped = old_manifests(store, plan.cutoff)?.len();
         }
+        // What the real run below would remove: the same choices, counted instead of made
+        // (leftover buckets of a crash aside).
+        let cutoff = if plan.k > 0 {
+            Some(plan.cutoff)
+        } else {
+            journal::horizon(&records).map(|(h, _)| h)
+        };
+        let drops = |r: &Record| plan.k > 0 && r.t < plan.cutoff;
+        let kept_trash: HashSet<PathBuf> = records
+            .iter()
+            .filter(|r| !drops(r))
+            .filter_map(|r| r.trash.clone())
+            .collect();
+        let kept_objects: HashSet<String> = records
+            .iter()
+            .filter(|r| !drops(r))
+            .filter_map(|r| r.object.clone())
+            .collect();
+        let dropped_trash: HashSet<&PathBuf> = records
+            .iter()
+            .filter(|r| drops(r))
+            .filter_map(|r| r.trash.as_ref())
+            .collect();
+        report.trash_items_freed = dropped_trash
+            .into_iter()
+            .filter(|p| !related(&kept_trash, p) && !journal_path_unsafe(p))
+            .filter(|p| {
+                nix::sys::stat::fstatat(
+                    store.dir(),
+                    p.as_path(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .is_ok()
+            })
+            .count();
+        report.objects_freed = unreferenced_objects(store, &kept_objects)
+            .iter()
+            .filter(|hex| !store.is_pinned(hex))
+            .count();
+        report.snapshots_dropped = match cutoff {
+            Some(c) => old_manifests(store, c)?.len(),
+            None => 0,
+        };
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
@@ -292,9 +307,11 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
     if let Some(c) = cutoff {
         report.snapshots_dropped = remove_old_manifests(store, c)?;
     }
-    // 5. Leftovers in tmp/, and the index entries of the trash items collected.
+    // 5. Leftovers in tmp/, and the index entries of the trash items collected. The index
+    // only speeds up finding bytes by content: if it cannot be rewritten now (no space), the
+    // collection still stands, and the next mount prunes it.
     remove_stale_tmp(store);
-    crate::index::prune(store)?;
+    let _ = crate::index::prune(store);
     store.forget_made_dirs();
     report.size_after = usage(store).total();
     if let Some(cap) = cap.filter(|&c| report.size_after > c) {
@@ -577,8 +594,20 @@ fn remove_old_buckets(store: &Store, cutoff: i64, kept: &HashSet<PathBuf>) -> us
 /// Remove every object no kept record names. Returns how many.
 fn remove_unreferenced_objects(store: &Store, kept: &HashSet<String>) -> usize {
     let mut removed = 0;
+    for hex in unreferenced_objects(store, kept) {
+        if store.remove_object(&hex).is_some() {
+            crate::progress::advance(1);
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The objects (blake3 hex) in the store that are not in `kept`, pinned ones included.
+fn unreferenced_objects(store: &Store, kept: &HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
     let Ok(fans) = std::fs::read_dir(proc_path(store).join(OBJECTS_DIR)) else {
-        return 0;
+        return out;
     };
     for fan in fans.flatten() {
         let prefix = fan.file_name();
@@ -593,16 +622,12 @@ fn remove_unreferenced_objects(store: &Store, kept: &HashSet<String>) -> usize {
                 continue;
             };
             let hex = format!("{prefix}{rest}");
-            if hex.len() != 64 || kept.contains(&hex) {
-                continue;
-            }
-            if store.remove_object(&hex).is_some() {
-                crate::progress::advance(1);
-                removed += 1;
+            if hex.len() == 64 && !kept.contains(&hex) {
+                out.push(hex);
             }
         }
     }
-    removed
+    out
 }
 
 /// Remove the manifests of snapshots taken before `cutoff`, except the newest. Returns how
@@ -692,6 +717,13 @@ pub const PURGE_NOTE: &str = "kept bytes deleted by `saferoot trash purge`";
 pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeReport> {
     for p in paths {
         crate::store::check_relative(p)?;
+        if crate::restore::under_store(p) {
+            return Err(Error::Invalid(format!(
+                "cannot purge {}: {} is saferoot's own store",
+                p.display(),
+                crate::store::STORE_DIR
+            )));
+        }
     }
     let _held = if dry_run {
         None
@@ -764,7 +796,8 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
         }
     }
     report.objects = remove_unreferenced_objects(store, &kept_objects);
-    crate::index::prune(store)?;
+    // As in gc: the purge stands even if the index cannot be rewritten now.
+    let _ = crate::index::prune(store);
     store.forget_made_dirs();
     report.size_after = usage(store).total();
     Ok(report)

@@ -1051,7 +1051,8 @@ fn scopes(paths: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn under_store(p: &Path) -> bool {
+/// `p` (project-relative) is the store or inside it.
+pub fn under_store(p: &Path) -> bool {
     p.components().next() == Some(Component::Normal(OsStr::new(STORE_DIR)))
 }
 

@@ -294,7 +294,7 @@ impl Store {
     /// Returns the bytes freed, `None` if it was kept or absent.
     pub fn remove_object(&self, hex: &str) -> Option<u64> {
         let p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
-        if p.get(hex).is_some_and(|at| at.elapsed() < PIN_FOR) {
+        if Self::pinned_in(&p, hex) {
             return None;
         }
         let rel = object_rel(hex);
@@ -307,6 +307,16 @@ impl Store {
         )
         .ok()?;
         Some(st.st_blocks as u64 * 512)
+    }
+
+    /// `hex` was named by this process a moment ago and is about to be journaled: collection
+    /// leaves it alone ([`Store::remove_object`]).
+    pub fn is_pinned(&self, hex: &str) -> bool {
+        Self::pinned_in(&self.pinned.lock().unwrap_or_else(|p| p.into_inner()), hex)
+    }
+
+    fn pinned_in(pinned: &HashMap<String, std::time::Instant>, hex: &str) -> bool {
+        pinned.get(hex).is_some_and(|at| at.elapsed() < PIN_FOR)
     }
 
     /// Bytes added to the trash and objects since the store was opened.
