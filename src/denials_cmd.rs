@@ -53,8 +53,11 @@ pub fn profile(action: ProfileCmd) -> Result<i32> {
     }
 }
 
-/// The sessions of the journal: (number from 1, start time, command).
-fn sessions(dir: &Path) -> Result<(saferoot_snapshots::Store, Vec<(usize, i64, String)>)> {
+/// A session of the journal: (number from 1, start time, command).
+type Session = (usize, i64, String);
+
+/// The sessions of the journal.
+fn sessions(dir: &Path) -> Result<(saferoot_snapshots::Store, Vec<Session>)> {
     let (store, _) = cli::open_store(dir)?;
     let (recs, _) = journal::read(store.dir(), store.dir_path())?;
     let list = recs

@@ -299,9 +299,13 @@ mod tests {
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&keys).unwrap();
         std::os::unix::fs::symlink(&keys, home.join(".ssh")).unwrap();
-        let e = check_secrets(&built(&[t.path()], "--allow-read"), &[home.clone()], &[])
-            .unwrap_err()
-            .to_string();
+        let e = check_secrets(
+            &built(&[t.path()], "--allow-read"),
+            std::slice::from_ref(&home),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(".ssh"), "{e}");
     }
 

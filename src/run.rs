@@ -343,6 +343,8 @@ fn start_ticks() -> u64 {
         .unwrap_or(0)
 }
 
+/// One agent session in DIR, mounted (by `daemon` when this run started it).
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the run; a struct would only rename them
 fn session(
     dir: &Path,
     workdir: &Path,
