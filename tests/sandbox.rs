@@ -407,6 +407,36 @@ fn protected_paths_refuse_the_agent_but_not_the_user() {
     assert!(f.dir().join(".git/hooks/post-checkout").exists());
 }
 
+/// rmdir of a directory that holds a protected path fails as natively (ENOTEMPTY) and is not
+/// reported as a denial; rmdir of an empty protected directory is refused and reported.
+#[test]
+fn rmdir_of_a_directory_holding_a_protected_path_is_not_a_denial() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    std::fs::create_dir_all(f.dir().join("ci")).unwrap();
+    f.project.mount();
+    f.project.umount();
+    std::fs::write(f.dir().join(".saferoot/config.toml"), "protect = [\"ci/\"]\n").unwrap();
+    f.project.mount();
+    let o = f.agent(&[], "rmdir .git; echo git=$?; rmdir ci; echo ci=$?");
+    let out = stdout(&o);
+    let err = stderr(&o);
+    assert!(out.contains("git=1") && out.contains("ci=1"), "{out}\n{err}");
+    assert!(err.contains("Directory not empty"), "{err}");
+    let j = f.saferoot(&["denials", "--json"]);
+    assert_ok(&j);
+    let paths: Vec<String> = stdout(&j)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| r["path"].as_str().map(str::to_string))
+        .collect();
+    assert!(!paths.iter().any(|p| p.ends_with(".git")), "{paths:?}");
+    assert!(paths.iter().any(|p| p.ends_with("ci")), "{paths:?}");
+    assert!(f.dir().join(".git/hooks").is_dir() && f.dir().join("ci").is_dir());
+}
+
 #[test]
 fn one_agent_per_repository_unless_join() {
     if !fuse_available() {

@@ -2178,7 +2178,11 @@ impl Filesystem for SaferootFs {
         }
         let r = (|| {
             let (pfd, rel, st) = s.entry(parent, name)?;
-            s.refuse_protected(req, &rel, "rmdir", true)?;
+            // Only the directory itself or one inside a protected path is refused: a directory
+            // that holds a protected path is not empty, so rmdir fails with ENOTEMPTY as it
+            // would natively, and refusing it would report a denial that took nothing away
+            // (`git stash` tries `rmdir .git` after removing its temporary index).
+            s.refuse_protected(req, &rel, "rmdir", false)?;
             let known = s
                 .table
                 .known(st.st_dev, st.st_ino)
