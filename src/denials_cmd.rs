@@ -93,13 +93,18 @@ pub fn denials(dir: &Path, session: Option<i64>, json: bool) -> Result<i32> {
         .into_iter()
         .filter(|d| d.session == *t)
         .collect();
+    let home = home();
+    let at = crate::run::Places {
+        home: home.as_deref(),
+        project: Some(dir),
+    };
     let out = std::io::stdout();
     let mut out = out.lock();
     if json {
         for d in &denials {
             let mut v = serde_json::to_value(d)?;
             v["session_number"] = serde_json::json!(num);
-            v["remedy"] = serde_json::json!(crate::run::remedy(d, home().as_deref()));
+            v["remedy"] = serde_json::json!(crate::run::remedy(d, at));
             writeln!(out, "{v}")?;
         }
         return Ok(0);
@@ -112,7 +117,7 @@ pub fn denials(dir: &Path, session: Option<i64>, json: bool) -> Result<i32> {
         denials.len(),
         if denials.len() == 1 { "" } else { "es" }
     )?;
-    for (target, what, count, comms, remedy) in crate::run::grouped(&denials, home().as_deref()) {
+    for (target, what, count, comms, remedy) in crate::run::grouped(&denials, at) {
         let times = if count > 1 {
             format!(", {count}×")
         } else {

@@ -731,9 +731,19 @@ fn to_denial(d: crate::audit::Denial, session: i64) -> Denial {
     }
 }
 
-/// How a denial could be allowed: the flag, and the profile line. `None` when saferoot will not
-/// allow it (a secret, a protected path, a forbidden system call).
-pub fn remedy(d: &Denial, home: Option<&Path>) -> String {
+/// Where a denial's remedy is judged from: the agent's home (for profile lines and secrets) and
+/// the real project directory (no write rule may cover it).
+#[derive(Clone, Copy, Default)]
+pub struct Places<'a> {
+    pub home: Option<&'a Path>,
+    pub project: Option<&'a Path>,
+}
+
+/// How a denial could be allowed: the flag, and the profile line; or why saferoot will not
+/// allow it (a secret, a protected path, a forbidden system call, a directory holding the
+/// project).
+pub fn remedy(d: &Denial, at: Places) -> String {
+    let home = at.home;
     let home_rel = |p: &Path| -> Option<PathBuf> {
         home.and_then(|h| p.strip_prefix(h).ok().map(Path::to_path_buf))
     };
@@ -759,14 +769,25 @@ pub fn remedy(d: &Denial, home: Option<&Path>) -> String {
                 return "no path reported".to_string();
             };
             let writes = !d.access.starts_with("fs.read") && d.access != "fs.execute";
-            // Creating or removing a name needs rights on the directory.
+            // Creating or removing a name needs rights on the directory, which is what Landlock
+            // reports for those (`mkdir /tmp/x` is denied on /tmp); a path that is not a
+            // directory is taken for the name itself.
             let target: PathBuf = if writes
                 && (d.access.starts_with("fs.make") || d.access.starts_with("fs.remove"))
+                && !path.is_dir()
             {
                 path.parent().unwrap_or(path).to_path_buf()
             } else {
                 path.to_path_buf()
             };
+            if writes && at.project.is_some_and(|p| p.starts_with(&target)) {
+                return format!(
+                    "{} holds the project, so no write rule may cover it (it would reach the \
+                     real files under the mount): let the agent use its $TMPDIR, or create a \
+                     directory for it there and allow that with --allow-write",
+                    target.display()
+                );
+            }
             if let Some(rel) = home_rel(&target) {
                 if profile::SECRETS.iter().any(|s| rel.starts_with(s)) {
                     return format!(
@@ -856,13 +877,13 @@ impl Acc {
 
 /// Group denials by (target, source, access), one line each: every path, port and process
 /// (`saferoot denials`).
-pub fn grouped(denials: &[Denial], home: Option<&Path>) -> Vec<Group> {
+pub fn grouped(denials: &[Denial], at: Places) -> Vec<Group> {
     let mut groups: BTreeMap<(String, String, String), Acc> = BTreeMap::new();
     for d in denials {
         let key = (denial_target(d), d.by.clone(), d.access.clone());
         groups
             .entry(key)
-            .or_insert_with(|| Acc::new(remedy(d, home)))
+            .or_insert_with(|| Acc::new(remedy(d, at)))
             .add(d);
     }
     groups
@@ -908,11 +929,11 @@ const NAMED_PROCESS_LINES: usize = 3;
 /// pid). The [`NAMED_PROCESS_LINES`] names with the most denials get a line each, the rest
 /// (and targets of unknown name) one "other processes" line; a name is not merged when that
 /// would only save one line. The second value says whether any line covers several processes.
-pub fn summary_groups(denials: &[Denial], home: Option<&Path>) -> (Vec<Group>, bool) {
+pub fn summary_groups(denials: &[Denial], at: Places) -> (Vec<Group>, bool) {
     let (procs, rest): (Vec<&Denial>, Vec<&Denial>) =
         denials.iter().partition(|d| process_target(d).is_some());
     let rest: Vec<Denial> = rest.into_iter().cloned().collect();
-    let mut out = grouped(&rest, home);
+    let mut out = grouped(&rest, at);
     let mut merged = false;
     // (by, access) → target comm (None: unknown) → denials.
     type ByComm = BTreeMap<Option<String>, Acc>;
@@ -925,7 +946,7 @@ pub fn summary_groups(denials: &[Denial], home: Option<&Path>) -> (Vec<Group>, b
             .entry((d.by.clone(), d.access.clone()))
             .or_default()
             .entry(comm.map(cli::shown_text))
-            .or_insert_with(|| Acc::new(remedy(d, home)));
+            .or_insert_with(|| Acc::new(remedy(d, at)));
         a.add(d);
         a.pids.insert(pid);
     }
@@ -1017,7 +1038,11 @@ fn summary(
     let home = account
         .map(|a| a.home.clone())
         .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
-    let (groups, merged) = summary_groups(&denials, home.as_deref());
+    let at = Places {
+        home: home.as_deref(),
+        project: Some(dir),
+    };
+    let (groups, merged) = summary_groups(&denials, at);
     eprintln!(
         "saferoot: {} denied access{} ({} {}):",
         denials.len(),
@@ -1063,6 +1088,45 @@ mod tests {
         }
     }
 
+    /// Landlock reports creating and removing a name on the directory: the remedy names that
+    /// directory (not its parent), and refuses one that holds the project.
+    #[test]
+    fn remedies_name_the_directory_and_never_one_holding_the_project() {
+        let t = tempfile::tempdir().unwrap();
+        let project = t.path().join("proj");
+        std::fs::create_dir_all(project.join("src")).unwrap();
+        let at = Places {
+            home: None,
+            project: Some(&project),
+        };
+        let root = t.path().to_str().unwrap();
+        let r = remedy(&denial("landlock", "fs.make_dir", root, "mkdir"), at);
+        assert!(r.starts_with(&format!("{root} holds the project")), "{r}");
+        let r = remedy(&denial("landlock", "fs.make_reg", "/etc", "touch"), at);
+        assert_eq!(
+            r,
+            "allow with --allow-write /etc (profile: write = [\"/etc\"])"
+        );
+        let r = remedy(&denial("landlock", "fs.remove_file", "/etc", "rm"), at);
+        assert!(r.starts_with("allow with --allow-write /etc "), "{r}");
+        // A path that is no directory is the name itself: the rule goes on its directory.
+        let f = t.path().join("other/file");
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, b"").unwrap();
+        let r = remedy(
+            &denial("landlock", "fs.remove_file", f.to_str().unwrap(), "rm"),
+            at,
+        );
+        let want = format!("allow with --allow-write {}/other ", root);
+        assert!(r.starts_with(&want), "{r}");
+        // Reading is not writing: a read of the directory holding the project can be allowed.
+        let r = remedy(&denial("landlock", "fs.read_dir", root, "ls"), at);
+        assert!(
+            r.starts_with(&format!("allow with --allow-read {root} ")),
+            "{r}"
+        );
+    }
+
     /// What `ps aux` under Landlock's ptrace scoping yields, plus a signal and a file denial.
     #[test]
     fn summary_merges_denials_about_other_processes() {
@@ -1085,7 +1149,13 @@ mod tests {
         for i in 0..10 {
             ds.push(ptrace(&format!("process pid {} (kworker/0:{i})", 100 + i)));
         }
-        let (lines, merged) = summary_groups(&ds, Some(Path::new("/home/me")));
+        let (lines, merged) = summary_groups(
+            &ds,
+            Places {
+                home: Some(Path::new("/home/me")),
+                project: None,
+            },
+        );
         assert!(merged);
         let shown: Vec<(&str, &str, usize, &str)> = lines
             .iter()
@@ -1112,7 +1182,13 @@ mod tests {
         assert_eq!(lines.iter().map(|l| l.2).sum::<usize>(), ds.len());
 
         // `saferoot denials` still lists every process on its own line.
-        let all = grouped(&ds, Some(Path::new("/home/me")));
+        let all = grouped(
+            &ds,
+            Places {
+                home: Some(Path::new("/home/me")),
+                project: None,
+            },
+        );
         assert_eq!(all.len(), 1 + 14 + 1, "file, 14 pids traced, 1 signalled");
         assert!(all
             .iter()
@@ -1125,7 +1201,7 @@ mod tests {
             ptrace("process pid 1 (systemd)"),
             denial("fuse", "unlink", "process pid 3 (x)", "rm"),
         ];
-        let (lines, merged) = summary_groups(&few, None);
+        let (lines, merged) = summary_groups(&few, Places::default());
         assert!(merged, "sshd covers two pids");
         let targets: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
         assert_eq!(
@@ -1136,10 +1212,13 @@ mod tests {
                 "process systemd (pid 1)"
             ]
         );
-        let (lines, merged) = summary_groups(&few[2..], None);
+        let (lines, merged) = summary_groups(&few[2..], Places::default());
         assert!(!merged);
         assert_eq!(lines.len(), 2);
-        assert_eq!(summary_groups(&few[3..], None).0, grouped(&few[3..], None));
+        assert_eq!(
+            summary_groups(&few[3..], Places::default()).0,
+            grouped(&few[3..], Places::default())
+        );
     }
 }
 

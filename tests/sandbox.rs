@@ -418,12 +418,19 @@ fn rmdir_of_a_directory_holding_a_protected_path_is_not_a_denial() {
     std::fs::create_dir_all(f.dir().join("ci")).unwrap();
     f.project.mount();
     f.project.umount();
-    std::fs::write(f.dir().join(".saferoot/config.toml"), "protect = [\"ci/\"]\n").unwrap();
+    std::fs::write(
+        f.dir().join(".saferoot/config.toml"),
+        "protect = [\"ci/\"]\n",
+    )
+    .unwrap();
     f.project.mount();
     let o = f.agent(&[], "rmdir .git; echo git=$?; rmdir ci; echo ci=$?");
     let out = stdout(&o);
     let err = stderr(&o);
-    assert!(out.contains("git=1") && out.contains("ci=1"), "{out}\n{err}");
+    assert!(
+        out.contains("git=1") && out.contains("ci=1"),
+        "{out}\n{err}"
+    );
     assert!(err.contains("Directory not empty"), "{err}");
     let j = f.saferoot(&["denials", "--json"]);
     assert_ok(&j);
