@@ -72,6 +72,14 @@ fn sessions(dir: &Path) -> Result<(saferoot_snapshots::Store, Vec<Session>)> {
 pub fn denials(dir: &Path, session: Option<i64>, json: bool) -> Result<i32> {
     let (store, list) = sessions(dir)?;
     if list.is_empty() {
+        let (recs, _) = journal::read(store.dir(), store.dir_path())?;
+        if let Some((_, r)) = journal::horizon(&recs) {
+            bail!(
+                "no `saferoot run` session is left in the journal of {}: {}",
+                dir.display(),
+                saferoot_snapshots::restore::horizon_reason(r)
+            );
+        }
         bail!(
             "no `saferoot run` session has been recorded in {}",
             dir.display()

@@ -382,3 +382,40 @@ fn bad_gc_values_are_usage_errors() {
         );
     }
 }
+
+/// After gc collected every `saferoot run` session, `@start` and `denials` say the history was
+/// collected (not that no session was ever recorded).
+#[test]
+fn collected_sessions_are_named_as_collected() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    p.umount();
+    write_config(
+        &p,
+        "[retention]\nkeep_within = \"off\"\nmax_size = \"off\"\n",
+    );
+    assert_ok(&p.run(&["run", "--no-sandbox", "--", "sh", "-c", "echo x > f"]));
+    assert!(p.log_json().iter().any(|r| r["op"] == "run"));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_ok(&p.run(&["snapshot"]));
+    assert_ok(&p.run(&["gc", "--keep-within", "0s"]));
+    assert!(
+        p.log_json().iter().all(|r| r["op"] != "run"),
+        "the run record was collected"
+    );
+    for args in [
+        &["restore", "@start"][..],
+        &["diff", "@start"],
+        &["denials"],
+    ] {
+        let o = p.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("collected by `saferoot gc`"), "{args:?}: {e}");
+        assert!(!e.contains("recorded"), "{args:?}: {e}");
+    }
+    assert_eq!(std::fs::read(p.dir().join("f")).unwrap(), b"x\n");
+}

@@ -43,7 +43,15 @@ pub fn resolve(store: &Store, s: &str, now_ns: i64) -> Result<i64> {
             .filter(|r| r.op == Op::Run)
             .map(|r| r.t)
             .max()
-            .ok_or_else(|| Error::Invalid("no `saferoot run` session recorded yet".into()));
+            .ok_or_else(|| {
+                Error::Invalid(match journal::horizon(&records) {
+                    Some((_, r)) => format!(
+                        "no `saferoot run` session since the oldest restorable instant: {}",
+                        crate::restore::horizon_reason(r)
+                    ),
+                    None => "no `saferoot run` session recorded yet".into(),
+                })
+            });
     }
     if !name.is_empty() && name.bytes().all(|c| c.is_ascii_digit()) {
         return match name.parse::<u64>() {
