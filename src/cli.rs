@@ -28,7 +28,9 @@ or last `saferoot run` session started (`saferoot restore @start` undoes everyth
     about = "Make it safe to hand a project directory to an AI coding agent",
     long_about = "saferoot mounts a project directory over itself. Every deletion, and every \
 rename over an existing file, made through the mount first moves the old file into \
-DIR/.saferoot/trash (by rename: instant, whatever the size) and is recorded in a journal. \
+DIR/.saferoot/trash (by rename: instant, whatever the size); before a file is first opened \
+for writing or truncated, its bytes are copied into DIR/.saferoot/objects (appends keep \
+nothing: restore cuts the file back). Each change is recorded in a journal. \
 `saferoot restore TIME` brings the tree back as it was at TIME. `saferoot run -- CMD` runs an \
 agent inside the mount under a Landlock sandbox that lets it write only through the mount.",
     after_help = "Example:\n  saferoot run -- pi          # run an agent in the current directory\n  \
@@ -168,6 +170,8 @@ pub enum Cmd {
     Undelete {
         /// Paths as they were before deletion (relative to the current directory, or absolute,
         /// inside DIR)
+        /// Paths whose kept versions go, each with everything that was below it (relative to
+        /// the current directory inside DIR; `saferoot trash list PATH` shows what that is)
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
@@ -244,6 +248,8 @@ pub enum TrashCmd {
         /// One JSON object per line: {"time","t_ns","op","path","kind","size","kept","present"}
         #[arg(long)]
         json: bool,
+        /// Only removals of these paths or of what was below them (relative to the current
+        /// directory inside DIR; default: all)
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
@@ -256,6 +262,8 @@ pub enum TrashCmd {
         /// One JSON object instead of text
         #[arg(long)]
         json: bool,
+        /// Paths whose kept versions go, each with everything that was below it (relative to
+        /// the current directory inside DIR; `saferoot trash list PATH` shows what that is)
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },

@@ -98,13 +98,15 @@ fn cargo_build_stays_out_of_the_store_and_env_files_are_protected() {
     tick();
     let t0 = now_rfc3339();
     tick();
-    // Cargo's own home must be writable: give it one in the run's private TMPDIR.
+    // Cargo's own home must be writable: give it one in the run's private TMPDIR. A target
+    // directory set for the test run itself (CARGO_TARGET_DIR) is not the project's.
     let o = p.run(&[
         "run",
         "--",
         "sh",
         "-c",
-        "CARGO_HOME=$TMPDIR/cargo-home cargo build --offline -q && ./target/debug/fixture \
+        "unset CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR; \
+         CARGO_HOME=$TMPDIR/cargo-home cargo build --offline -q && ./target/debug/fixture \
          && cargo clean -q 2>/dev/null; CARGO_HOME=$TMPDIR/cargo-home cargo build --offline -q \
          && rm .env",
     ]);

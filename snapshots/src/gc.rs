@@ -153,9 +153,9 @@ struct Plan {
 
 /// Collect according to `opts`.
 ///
-/// What dropping the oldest records frees is estimated from the sizes of what they kept; on
-/// disk, directories and the journal's reserve count too, so a real run can end still a little
-/// over the cap. Then it collects again, from the store as measured now (each round drops
+/// What dropping the oldest records frees is estimated from the sizes of what they kept (and
+/// of their journal lines); what the disk gives back can be less (items shared with kept
+/// records, blocks), so a real run can end still a little over the cap. Then it collects again, from the store as measured now (each round drops
 /// more of the oldest history, never past the newest snapshot), up to [`GC_ROUNDS`] rounds.
 pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
     let mut report = gc_round(store, opts)?;
@@ -346,8 +346,7 @@ fn gc_round(store: &Store, opts: &Options) -> Result<Report> {
         if report.cap_unmet.is_none() {
             report.cap_unmet = Some(format!(
                 "the store is still {} over its cap: the history collected took less room \
-                 on disk than estimated (directories and the journal's reserve count too); \
-                 `saferoot gc` again collects more",
+                 on disk than estimated; `saferoot gc` again collects more",
                 human_bytes(report.size_after - cap)
             ));
         }

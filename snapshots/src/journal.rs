@@ -501,13 +501,20 @@ impl Journal {
             nix::sys::stat::Mode::empty(),
         )
         .map_err(io("open journal", &self.path))?;
-        File::from(rd)
-            .read_to_end(&mut old)
-            .map_err(|e| Error::Io {
-                op: "read journal",
-                path: self.path.clone(),
-                cause: e,
-            })?;
+        let mut rd = File::from(rd);
+        rd.read_to_end(&mut old).map_err(|e| Error::Io {
+            op: "read journal",
+            path: self.path.clone(),
+            cause: e,
+        })?;
+        // Allocated past its end: the daemon's reserve (kept after unmount too). The new file
+        // keeps one, so a rewrite while unmounted neither gives up the room records need on a
+        // full disk nor counts the reserve as freed.
+        let had_reserve = rd.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.blocks() * 512).saturating_sub(m.len()) >= RESERVE_BYTES / 2
+        });
+        drop(rd);
         let new = edit(&old)?;
         let store_dir = self.path.parent().unwrap_or(Path::new("."));
         match nix::sys::stat::mkdirat(
@@ -538,6 +545,16 @@ impl Journal {
         )
         .map_err(io("create", &tmp_shown))?;
         let mut out = File::from(fd);
+        if had_reserve {
+            if let (Ok(off), Ok(n)) = (i64::try_from(new.len()), i64::try_from(RESERVE_BYTES)) {
+                let _ = nix::fcntl::fallocate(
+                    out.as_fd(),
+                    nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    n,
+                );
+            }
+        }
         let written = out
             .write_all(&new)
             .and_then(|()| out.sync_all())

@@ -855,7 +855,7 @@ impl Past {
         if t < self.first_t {
             return Err(Error::Invalid(format!(
                 "nothing is recorded before {} (the first mount), so the tree is not known at \
-                 {}; try a later TIME",
+                 {}; try a later TIME (that instant itself is the tree as the mount found it)",
                 format_utc(self.first_t),
                 format_utc(t)
             )));

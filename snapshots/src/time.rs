@@ -26,7 +26,8 @@ const NS_PER_SEC: i64 = 1_000_000_000;
 /// The list of forms, for error messages.
 const FORMS: &str = "expected RFC 3339 (2026-12-03T12:34:56Z, 2026-12-03T12:34:56.5+01:00), \
                      local `YYYY-MM-DD HH:MM[:SS[.frac]]`, `HH:MM[:SS[.frac]]` (today), \
-                     or an age like `90s`, `10m`, `2h`, `3d`, `1h30m` (optionally followed by `ago`)";
+                     an age like `90s`, `10m`, `2h`, `3d`, `1h30m` (optionally followed by `ago`), \
+                     `@N` (snapshot N) or `@start` (the start of the last `saferoot run`)";
 
 /// Resolve any TIME a person can type: `@N` (the instant snapshot N was taken), `@start` (the
 /// start of the newest `saferoot run` session, current or finished), or anything
