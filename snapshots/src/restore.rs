@@ -2163,6 +2163,7 @@ impl Exec<'_, '_> {
             kind: Some(c.kind),
             mode: Some(c.mode()),
             ino: Some(c.ino),
+            size: (c.kind == Kind::File).then_some(c.size),
             ..self.record(Op::Unlink, p)
         })?;
         self.fs.displaced.insert(p.to_owned(), tr);
