@@ -655,8 +655,10 @@ pub struct Damaged {
     pub line: usize,
     /// `t` of the last good record before it in the file, if any.
     pub before_t: Option<i64>,
-    /// `t` of the first good record after it in the file, if any. A walk back in time to an
-    /// instant before this would have to undo the damaged record.
+    /// The oldest instant the damaged record cannot matter to: `t` of the first good record
+    /// after it in the file, or later when a write session was open across it (its content is
+    /// unknown until the session ends: see `past_sessions`). `None`: no such instant yet. A
+    /// walk back in time to an instant before this would have to undo the damaged record.
     pub after_t: Option<i64>,
     /// What is wrong with it, for people.
     pub why: &'static str,
@@ -823,7 +825,74 @@ pub fn parse_numbered(buf: &[u8], path: &Path) -> Result<(Vec<(usize, Record)>, 
         }
     }
     report.corrupt = report.damaged.len();
+    // Where each damaged line sits among the good records (file order).
+    let mut pos = Vec::with_capacity(report.damaged.len());
+    let mut next = 0;
+    for d in &report.damaged {
+        while next < records.len() && records[next].0 < d.line {
+            next += 1;
+        }
+        pos.push(next);
+    }
+    for (d, p) in report.damaged.iter_mut().zip(pos) {
+        if d.after_t.is_some() {
+            d.after_t = past_sessions(&records, p, d.after_t);
+        }
+    }
     Ok((records, report))
+}
+
+/// The oldest instant a damaged line at position `pos` among `records` (file order) cannot
+/// matter to, from the first good record after it (`after_t`): a write session that was open
+/// across the damaged line may have had its end (a `close`) there, and one that ends after it
+/// without a known start may have had its start (`write`, `append`) there. Either way the
+/// file's content is unknown until the session ends: at its `close`, or at the next `mount` or
+/// `umount` (which no session outlives). `None`: a session across it has not ended yet.
+fn past_sessions(records: &[(usize, Record)], pos: usize, after_t: Option<i64>) -> Option<i64> {
+    let mut bound = after_t?;
+    // Sessions open at the damaged line, by inode, and the last op seen for each inode since
+    // the last mount or umount.
+    use std::collections::{HashMap, HashSet};
+    let mut open: HashSet<u64> = HashSet::new();
+    let mut last: HashMap<u64, Op> = HashMap::new();
+    let start = records[..pos]
+        .iter()
+        .rposition(|(_, r)| matches!(r.op, Op::Mount | Op::Umount))
+        .map_or(0, |i| i + 1);
+    fn note(r: &Record, open: &mut HashSet<u64>, last: &mut HashMap<u64, Op>) {
+        let Some(ino) = r.ino else { return };
+        match r.op {
+            Op::Write | Op::Append => {
+                open.insert(ino);
+            }
+            Op::Close => {
+                open.remove(&ino);
+            }
+            _ => {}
+        }
+        last.insert(ino, r.op);
+    }
+    for (_, r) in &records[start..pos] {
+        note(r, &mut open, &mut last);
+    }
+    let mut across = open.clone();
+    for (_, r) in &records[pos..] {
+        if matches!(r.op, Op::Mount | Op::Umount) {
+            if !across.is_empty() {
+                bound = bound.max(r.t.saturating_add(1));
+            }
+            return Some(bound);
+        }
+        if let (Op::Close, Some(ino)) = (r.op, r.ino) {
+            let started_unseen =
+                !open.contains(&ino) && last.get(&ino).is_none_or(|&o| o == Op::Close);
+            if across.remove(&ino) || started_unseen {
+                bound = bound.max(r.t.saturating_add(1));
+            }
+        }
+        note(r, &mut open, &mut last);
+    }
+    across.is_empty().then_some(bound)
 }
 
 /// Every line of journal bytes after the header, classified. An empty journal has none; one
@@ -979,6 +1048,65 @@ mod tests {
         );
         assert_eq!(rep.torn, vec![6, 8]);
         assert!(rep.torn_tail);
+    }
+
+    /// A damaged line inside a write session: nothing before the session's end is exact.
+    #[test]
+    fn damage_inside_a_write_session_bounds_at_its_end() {
+        let r = |t: i64, op: Op, path: &str, ino: u64| Record {
+            ino: Some(ino),
+            ..Record::new(t, op, path, 1, "x")
+        };
+        let damaged = |rec: &Record| {
+            let mut l = encode(rec);
+            l[30] ^= 0x20;
+            l
+        };
+        let after = |lines: Vec<Vec<u8>>| {
+            let mut buf = HEADER.as_bytes().to_vec();
+            for l in lines {
+                buf.extend(l);
+            }
+            let (_, rep) = parse_numbered(&buf, Path::new("j")).unwrap();
+            rep.damaged.iter().map(|d| d.after_t).collect::<Vec<_>>()
+        };
+        // The close of f is damaged: f's session ends at the umount.
+        let lines = vec![
+            encode(&r(10, Op::Mount, ".", 0)),
+            encode(&r(20, Op::Write, "f", 7)),
+            damaged(&r(30, Op::Close, "f", 7)),
+            encode(&r(40, Op::Create, "n", 8)),
+            encode(&r(50, Op::Snapshot, ".", 0)),
+            encode(&r(60, Op::Umount, ".", 0)),
+        ];
+        assert_eq!(after(lines), vec![Some(61)]);
+        // The write (the session's start) of a is damaged: its end is its close.
+        let lines = vec![
+            encode(&r(10, Op::Mount, ".", 0)),
+            damaged(&r(20, Op::Write, "a", 7)),
+            encode(&r(30, Op::Unlink, "b", 9)),
+            encode(&r(40, Op::Close, "a", 7)),
+            encode(&r(50, Op::Unlink, "c", 10)),
+        ];
+        assert_eq!(after(lines), vec![Some(41)]);
+        // A session still open now: no instant is exact.
+        let lines = vec![
+            encode(&r(10, Op::Mount, ".", 0)),
+            encode(&r(20, Op::Write, "f", 7)),
+            damaged(&r(30, Op::Unlink, "g", 9)),
+            encode(&r(40, Op::Create, "n", 8)),
+        ];
+        assert_eq!(after(lines), vec![None]);
+        // No session across it: the next good record, as before.
+        let lines = vec![
+            encode(&r(10, Op::Mount, ".", 0)),
+            encode(&r(20, Op::Write, "f", 7)),
+            encode(&r(25, Op::Close, "f", 7)),
+            damaged(&r(30, Op::Unlink, "g", 9)),
+            encode(&r(40, Op::Create, "n", 8)),
+            encode(&r(45, Op::Close, "n", 8)),
+        ];
+        assert_eq!(after(lines), vec![Some(40)]);
     }
 
     #[test]
