@@ -419,3 +419,31 @@ fn collected_sessions_are_named_as_collected() {
     }
     assert_eq!(std::fs::read(p.dir().join("f")).unwrap(), b"x\n");
 }
+
+/// A purge while mounted deletes the objects of what it purges at once, though the daemon
+/// pinned them when it kept them (they stayed until a later gc).
+#[test]
+fn a_purge_while_mounted_deletes_fresh_objects() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    assert_ok(&p.sh("echo SECRET=hunter2 > secret.env && echo rotated > secret.env"));
+    let store = p.dir().join(".saferoot");
+    let o = p.run(&["trash", "purge", "--yes", "--json", "secret.env"]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["objects"], 1, "{v}");
+    p.umount();
+    assert_eq!(
+        files_containing(&store, b"hunter2"),
+        Vec::<String>::new(),
+        "the purged bytes are gone from the store"
+    );
+    assert_eq!(
+        std::fs::read(p.dir().join("secret.env")).unwrap(),
+        b"rotated\n"
+    );
+    assert_healthy(&p, "after the purge");
+}

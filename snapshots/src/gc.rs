@@ -28,6 +28,7 @@ use crate::{human_bytes, manifest, Error, Result, Store};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -739,6 +740,72 @@ fn keeps_bytes_of(r: &Record, paths: &[PathBuf]) -> bool {
 /// The note `trash purge` puts on each record whose bytes it deleted (followed by the time).
 pub const PURGE_NOTE: &str = "kept bytes deleted by `saferoot trash purge`";
 
+/// The list of trash items a purge is deleting (NUL-separated paths relative to the store),
+/// present only while it does.
+pub const PURGING_FILE: &str = "purging";
+
+/// How long after its pin an object a purge deletes may still be on its way into a record.
+const PURGE_PIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Write [`PURGING_FILE`] (fsynced) naming `items`.
+fn write_purging(store: &Store, items: &[PathBuf]) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = Vec::new();
+    for p in items {
+        buf.extend_from_slice(p.as_os_str().as_bytes());
+        buf.push(0);
+    }
+    let shown = store.dir_path().join(PURGING_FILE);
+    let fd = nix::fcntl::openat(
+        store.dir(),
+        PURGING_FILE,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Error::io("create", &shown, e))?;
+    let mut f = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut f, &buf)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::Io {
+            op: "write",
+            path: shown,
+            cause: e,
+        })
+}
+
+/// Finish a purge that was cut off: delete the trash items [`PURGING_FILE`] names that no
+/// record refers to any more (the journal was rewritten), then the file. Returns how many
+/// items went. Items still named (the purge stopped before its journal rewrite) stay.
+pub fn finish_purge(store: &Store, records: &[Record]) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(fd) = nix::fcntl::openat(
+        store.dir(),
+        PURGING_FILE,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return 0;
+    };
+    let mut buf = Vec::new();
+    if std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).is_err() {
+        return 0;
+    }
+    let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
+    let mut n = 0;
+    for p in buf.split(|&b| b == 0).filter(|p| !p.is_empty()) {
+        let p = Path::new(std::ffi::OsStr::from_bytes(p));
+        if !p.starts_with(TRASH_DIR) || related(&known, p) || journal_path_unsafe(p) {
+            continue;
+        }
+        if remove_tree(store.dir(), p).is_ok() {
+            prune_empty_parents(store.dir(), p);
+            n += 1;
+        }
+    }
+    let _ = nix::unistd::unlinkat(store.dir(), PURGING_FILE, UnlinkatFlags::NoRemoveDir);
+    n
+}
+
 /// Delete for good every kept old version of `paths` (and of everything below them): the
 /// trash items and objects the journal keeps for them. Their records stay, without the bytes
 /// and with a note, so `log` still shows what happened and a restore to before says it cannot
@@ -789,6 +856,7 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
     let now = crate::now_ns();
     let note = format!("{PURGE_NOTE} at {}", crate::time::format_utc(now));
     let mut purged_trash: Vec<PathBuf> = Vec::new();
+    let mut purged_objects: Vec<String> = Vec::new();
     let mut kept_trash: HashSet<PathBuf> = HashSet::new();
     let mut kept_objects: HashSet<String> = HashSet::new();
     store.journal().rewrite(store.dir(), |old| {
@@ -797,7 +865,7 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
             match rec {
                 Some(mut r) if keeps_bytes_of(&r, paths) => {
                     purged_trash.extend(r.trash.take());
-                    r.object = None;
+                    purged_objects.extend(r.object.take());
                     r.note = Some(match r.note.take() {
                         Some(n) => format!("{n}; {note}"),
                         None => note.clone(),
@@ -814,6 +882,10 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
             out.extend_from_slice(line);
             out.push(b'\n');
         }
+        // Before the journal stops naming them: the trash items to delete, so that a purge
+        // cut off part-way is finished by the next recovery instead of its leftovers being
+        // taken for unjournaled removals and brought back ([`crate::recover`]).
+        write_purging(store, &purged_trash)?;
         Ok(out)
     })?;
     for p in &purged_trash {
@@ -824,7 +896,22 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
             prune_empty_parents(store.dir(), p);
         }
     }
-    report.objects = remove_unreferenced_objects(store, &kept_objects);
+    let _ = nix::unistd::unlinkat(store.dir(), PURGING_FILE, UnlinkatFlags::NoRemoveDir);
+    // The objects of the purged records go even if this process pinned them (the daemon pins
+    // what it names for a while): a pin only guards a record on its way to the journal, so one
+    // named in the last moments is given that moment first.
+    for hex in &purged_objects {
+        if kept_objects.contains(hex) {
+            continue;
+        }
+        if let Some(age) = store.pinned_since(hex) {
+            std::thread::sleep(PURGE_PIN_GRACE.saturating_sub(age));
+        }
+        if store.remove_object_now(hex).is_some() {
+            report.objects += 1;
+        }
+    }
+    report.objects += remove_unreferenced_objects(store, &kept_objects);
     // As in gc: the purge stands even if the index cannot be rewritten now.
     let _ = crate::index::prune(store);
     store.forget_made_dirs();

@@ -5,8 +5,10 @@
 //! would not know to bring them back. [`recover`] walks the trash and appends one `unlink`
 //! record for every item no record refers to, reconstructed from the trash layout itself:
 //! the bucket name gives the second it was deleted in, the path inside the bucket gives its
-//! original path. The record is dated at the end of that second (so a restore to any instant
-//! before the deletion brings it back) and says it was recovered.
+//! original path. The record is dated at the item's ctime (set by the move into the trash:
+//! the instant of the removal) when that lies in the bucket's second, else at the end of that
+//! second (so a restore to any instant before the deletion brings it back), and says it was
+//! recovered. Items a purge cut off part-way was deleting are deleted, not recovered.
 //!
 //! What this module does not do: guess which operation it was (a rename-over whose records
 //! were lost is recovered as the unlink of the replaced file; one interrupted before its rename
@@ -29,8 +31,32 @@ pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
     Some(t.and_utc().timestamp() * 1_000_000_000 + 999_999_999)
 }
 
-/// Append records for unjournaled trash items; returns how many.
+/// The trash items a purge cut off part-way was deleting ([`crate::gc::PURGING_FILE`]).
+fn purging_list(store: &Store) -> HashSet<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(fd) = nix::fcntl::openat(
+        store.dir(),
+        crate::gc::PURGING_FILE,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return HashSet::new();
+    };
+    let mut buf = Vec::new();
+    if std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).is_err() {
+        return HashSet::new();
+    }
+    buf.split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+        .collect()
+}
+
+/// Finish a purge that was cut off ([`crate::gc::finish_purge`]), then append records for
+/// unjournaled trash items; returns how many.
 pub fn recover(store: &Store) -> Result<usize> {
+    let (records, _) = journal::read(store.dir(), store.dir_path())?;
+    crate::gc::finish_purge(store, &records);
     let found = orphans(store)?;
     for r in &found {
         store.journal().append(r)?;
@@ -47,7 +73,12 @@ pub fn orphans(store: &Store) -> Result<Vec<Record>> {
     let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
     // Items older than where history now starts are what an interrupted `gc` left to delete.
     let horizon = journal::horizon(&records).map_or(i64::MIN, |(h, _)| h);
-    let is_known = |rel: &Path| rel.ancestors().any(|a| known.contains(a));
+    // A purge cut off part-way names what it was deleting: never recover those.
+    let purging = purging_list(store);
+    let is_known = |rel: &Path| {
+        rel.ancestors()
+            .any(|a| known.contains(a) || purging.contains(a))
+    };
     let root = PathBuf::from(format!(
         "/proc/self/fd/{}/{}",
         store.dir().as_raw_fd(),
@@ -90,6 +121,18 @@ pub fn orphans(store: &Store) -> Result<Vec<Record>> {
         if md.nlink() > 1 && !md.is_dir() {
             continue;
         }
+        // The move into the trash set the item's ctime: the instant of the removal, when it
+        // lies in the bucket's second (an item inside a directory moved there whole keeps
+        // its own older ctime: then the end of the second).
+        let ctime = md
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(md.ctime_nsec());
+        let t = if ctime <= t && ctime > t - 1_000_000_000 {
+            ctime
+        } else {
+            t
+        };
         found.push(Record {
             kind: Kind::from_mode(md.mode()),
             mode: Some(md.mode()),
@@ -153,5 +196,85 @@ mod tests {
         assert_eq!(r.t, 1_700_000_000_999_999_999);
         assert_eq!(r.kind, Some(Kind::File));
         assert!(r.note.as_deref().unwrap().starts_with("recovered"));
+    }
+
+    /// An item moved into the trash in the current second is dated at its ctime (the move),
+    /// not at the end of the second, which may be after records written since.
+    #[test]
+    fn a_recovered_removal_is_dated_when_it_happened() {
+        let t = tempfile::tempdir().unwrap();
+        let root: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let store = Store::open_or_create(root.as_fd(), t.path()).unwrap();
+        std::fs::write(t.path().join("f"), b"f").unwrap();
+        let when = crate::now_ns();
+        let tr = store
+            .divert_to_trash(root.as_fd(), OsStr::new("f"), Path::new("f"), when)
+            .unwrap();
+        let ctime = {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(t.path().join(".saferoot").join(&tr)).unwrap();
+            m.ctime() * 1_000_000_000 + m.ctime_nsec()
+        };
+        let found = orphans(&store).unwrap();
+        assert_eq!(found.len(), 1);
+        // The bucket is named for the second of `when`; the ctime lies in it unless the
+        // second turned between the two (then the end of the bucket's second).
+        let end = bucket_end_ns(
+            tr.components()
+                .nth(1)
+                .unwrap()
+                .as_os_str()
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let want = if ctime <= end && ctime > end - 1_000_000_000 {
+            ctime
+        } else {
+            end
+        };
+        assert_eq!(found[0].t, want);
+    }
+
+    /// A purge cut off after its journal rewrite: the items it was deleting are deleted by the
+    /// next recovery, not journaled as removals.
+    #[test]
+    fn a_purge_cut_off_is_finished_not_recovered() {
+        let t = tempfile::tempdir().unwrap();
+        let root: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let store = Store::open_or_create(root.as_fd(), t.path()).unwrap();
+        for n in ["a", "b"] {
+            std::fs::write(t.path().join(n), n).unwrap();
+        }
+        let when = 1_700_000_000_500_000_000;
+        let ta = store
+            .divert_to_trash(root.as_fd(), OsStr::new("a"), Path::new("a"), when)
+            .unwrap();
+        let tb = store
+            .divert_to_trash(root.as_fd(), OsStr::new("b"), Path::new("b"), when)
+            .unwrap();
+        // The journal already forgot "a" (purged); "b" is an ordinary orphan.
+        let mut list = Vec::new();
+        list.extend_from_slice(ta.as_os_str().as_encoded_bytes());
+        list.push(0);
+        std::fs::write(
+            t.path().join(".saferoot").join(crate::gc::PURGING_FILE),
+            &list,
+        )
+        .unwrap();
+        assert_eq!(orphans(&store).unwrap().len(), 1, "only b is an orphan");
+        assert_eq!(recover(&store).unwrap(), 1);
+        assert!(
+            !t.path().join(".saferoot").join(&ta).exists(),
+            "a was deleted"
+        );
+        assert!(t.path().join(".saferoot").join(&tb).exists());
+        assert!(!t
+            .path()
+            .join(".saferoot")
+            .join(crate::gc::PURGING_FILE)
+            .exists());
+        let (recs, _) = journal::read(store.dir(), store.dir_path()).unwrap();
+        assert!(recs.iter().all(|r| r.path != Path::new("a")));
     }
 }

@@ -309,6 +309,21 @@ impl Store {
         Some(st.st_blocks as u64 * 512)
     }
 
+    /// How long ago this process pinned `hex`, if it did within [`PIN_FOR`].
+    pub fn pinned_since(&self, hex: &str) -> Option<std::time::Duration> {
+        let p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        p.get(hex).map(|at| at.elapsed()).filter(|e| *e < PIN_FOR)
+    }
+
+    /// Delete the object `hex`, pinned or not (`trash purge`: the user wants it gone).
+    /// Returns the bytes freed, `None` if it was absent.
+    pub fn remove_object_now(&self, hex: &str) -> Option<u64> {
+        let mut p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        p.remove(hex);
+        drop(p);
+        self.remove_object(hex)
+    }
+
     /// `hex` was named by this process a moment ago and is about to be journaled: collection
     /// leaves it alone ([`Store::remove_object`]).
     pub fn is_pinned(&self, hex: &str) -> bool {
