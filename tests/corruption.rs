@@ -547,3 +547,40 @@ fn a_damaged_format_file_is_repaired_and_reported_healthy() {
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!(code, 0, "{v}");
 }
+
+/// A deleted journal: doctor names it, --repair journals the trash it finds and refuses every
+/// instant before the repair (it said "healthy; no history was lost", and restores after the
+/// trash items' recovered records came back wrong).
+#[test]
+fn a_deleted_journal_is_named_and_bounds_every_restore() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::source_tree();
+    p.mount();
+    sh(&p, "rm -f src/main.rs && echo changed > README.md");
+    let t = now_rfc3339();
+    tick();
+    p.umount();
+    std::fs::remove_file(journal(&p)).unwrap();
+    let (code, v) = doctor_json(&p, &[]);
+    assert_eq!(code, 1, "{v}");
+    let kinds: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"journal-missing"), "{kinds:?}");
+    let (code, v) = doctor_json(&p, &["--repair"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = doctor_json(&p, &[]);
+    assert_eq!((code, &v["problems"]), (0, &serde_json::json!([])), "{v}");
+    let out = p.dir().parent().unwrap().join("restored");
+    let o = p.run(&["restore", "--to", out.to_str().unwrap(), &t]);
+    fails_with(&o, &["cannot go back to", "doctor --repair"]);
+    assert_eq!(
+        std::fs::read(p.dir().join("README.md")).unwrap(),
+        b"changed\n"
+    );
+}

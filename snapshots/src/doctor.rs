@@ -206,6 +206,33 @@ pub fn repair_format(project: BorrowedFd<'_>, project_path: &Path) -> Result<Rep
     })
 }
 
+/// The store keeps something history would name: a trash item, an object or a manifest.
+fn holds_history(store: &Store) -> bool {
+    let root = PathBuf::from(format!("/proc/self/fd/{}", store.dir().as_raw_fd()));
+    [
+        crate::store::TRASH_DIR,
+        crate::store::OBJECTS_DIR,
+        SNAPSHOTS_DIR,
+    ]
+    .iter()
+    .any(|d| {
+        walkdir::WalkDir::new(root.join(d))
+            .min_depth(1)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .any(|e| !e.file_type().is_dir())
+    })
+}
+
+fn store_journal_exists(store: &Store) -> bool {
+    nix::sys::stat::fstatat(
+        store.dir(),
+        JOURNAL_FILE,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok()
+}
+
 /// Check the whole store (see the module documentation). Changes nothing.
 pub fn check(store: &Store, opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Checkup> {
     let mut c = Checkup::default();
@@ -272,6 +299,23 @@ pub fn check(store: &Store, opts: &Options, progress: &mut dyn FnMut(Progress)) 
         }
     }
     c.counts.records = records.len();
+    // No record at all, yet the store keeps something: the journal was lost (deleted, or
+    // emptied), and with it every change up to now.
+    if records.is_empty() && c.unrepairable.is_empty() && holds_history(store) {
+        let detail =
+            format!(
+            "the journal has no record (it was deleted or emptied), yet the store keeps trash, \
+             objects or snapshots: the changes before now are unknown, so no earlier instant \
+             can be restored exactly{}",
+            if store_journal_exists(store) { "" } else { " (the file is missing)" }
+        );
+        c.problems.push(Problem {
+            kind: "journal-missing",
+            file: jpath.clone(),
+            detail,
+        });
+        push_horizon(&mut c.horizon, opts.now, "the journal was lost".into());
+    }
 
     // Which records are still needed, and until when.
     records.sort_by_key(|(_, r)| r.t);
