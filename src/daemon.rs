@@ -279,7 +279,14 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     store.journal().keep_reserve();
     match saferoot_snapshots::recover::recover(&store) {
         Ok(0) => {}
-        Ok(n) => log::warn!("journaled {n} trash item(s) left unrecorded by a crash"),
+        Ok(n) => {
+            log::warn!("journaled {n} trash item(s) left unrecorded by a crash");
+            // Still on the terminal of `mount` or `run` here (stdio is detached once live).
+            eprintln!(
+                "saferoot: journaled {n} trash item(s) that had no record (the daemon stopped, \
+                 or the disk was full, before writing it); `saferoot trash list` shows them"
+            );
+        }
         Err(e) => log::warn!("recovering unjournaled trash items: {e}"),
     }
     // Before the mount, while nothing can change the tree through it; it precedes the `mount`
@@ -290,6 +297,13 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     // Retention at every mount (never past the snapshot just taken), then the index: without
     // entries of what is gone, with those of what is new.
     let gc_base = run_gc(&store, "at mount");
+    if let Some(note) = LAST_GC_NOTE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        eprintln!("saferoot: {note}");
+    }
     if let Err(e) = index::prune(&store).and_then(|_| index::reindex(&store)) {
         log::warn!("re-indexing the trash: {e}");
     }
@@ -340,6 +354,9 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
 
 /// Collect by the configured policy; log what was freed or why not. Returns the store size
 /// after (what automatic collection counts growth from).
+/// What the last collection that dropped history did, for `mount` to tell on its terminal.
+static LAST_GC_NOTE: Mutex<Option<String>> = Mutex::new(None);
+
 fn run_gc(store: &Store, when: &str) -> u64 {
     let policy = match gc::policy(store, None, None) {
         Ok(p) => p,
@@ -357,6 +374,17 @@ fn run_gc(store: &Store, when: &str) -> u64 {
     match gc::gc(store, &opts) {
         Ok(rep) => {
             if rep.records_dropped > 0 {
+                *LAST_GC_NOTE.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "gc {when} collected {} of history ({} record(s)) to keep the store to its \
+                     policy ({}); the oldest restorable instant is now {} (`saferoot status`, \
+                     [retention] in .saferoot/config.toml)",
+                    saferoot_snapshots::human_bytes(rep.size_before.saturating_sub(rep.size_after)),
+                    rep.records_dropped,
+                    rep.policy,
+                    rep.oldest_after
+                        .map(saferoot_snapshots::time::format_utc)
+                        .unwrap_or_default()
+                ));
                 log::warn!(
                     "gc {when}: freed {} ({} record(s)); oldest restorable instant now {}",
                     saferoot_snapshots::human_bytes(rep.size_before.saturating_sub(rep.size_after)),

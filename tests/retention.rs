@@ -281,6 +281,17 @@ fn the_daemon_collects_when_the_cap_is_crossed() {
     assert_ok(&o);
     assert!(stdout(&o).contains("\"present\":true"), "{}", stdout(&o));
     p.umount();
+    // The unmount snapshot makes it collectible: the next mount collects it, and says so.
+    let o = p.run(&["mount"]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("gc at mount collected") && stderr(&o).contains("at most 1.0 MiB"),
+        "{}",
+        stderr(&o)
+    );
+    let o = p.run(&["trash", "list", "--json", "more"]);
+    assert!(!stdout(&o).contains("\"present\":true"), "{}", stdout(&o));
+    p.umount();
 }
 
 #[test]
