@@ -408,7 +408,14 @@ fn collected_sessions_are_named_as_collected() {
         &p,
         "[retention]\nkeep_within = \"off\"\nmax_size = \"off\"\n",
     );
-    assert_ok(&p.run(&["run", "--no-sandbox", "--", "sh", "-c", "echo x > f"]));
+    assert_ok(&p.run(&[
+        "run",
+        "--no-sandbox",
+        "--",
+        "sh",
+        "-c",
+        "echo x > f; echo y > g; rm g",
+    ]));
     assert!(p.log_json().iter().any(|r| r["op"] == "run"));
     std::thread::sleep(Duration::from_millis(20));
     assert_ok(&p.run(&["snapshot"]));
@@ -421,6 +428,7 @@ fn collected_sessions_are_named_as_collected() {
         &["restore", "@start"][..],
         &["diff", "@start"],
         &["denials"],
+        &["undelete", "g"],
     ] {
         let o = p.run(args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));

@@ -750,6 +750,13 @@ fn find_removal(store: &Store, past: &Past, live: &Tree, p: &Path) -> Result<Rem
             p.display()
         )));
     }
+    if let Some((_, why)) = &past.horizon {
+        return Err(Error::Invalid(format!(
+            "cannot undelete {}: the journal has no record of it being removed since the \
+             oldest restorable instant ({why})",
+            p.display()
+        )));
+    }
     Err(Error::Invalid(format!(
         "cannot undelete {}: the journal has no record of it being removed",
         p.display()
