@@ -45,7 +45,20 @@ pub fn doctor(dir: &Path, repair: bool, json: bool) -> Result<i32> {
     if let Some(p) = doctor::format_problem(project.as_fd(), dir)? {
         if !repair {
             // The other checks need a store this saferoot reads.
+            let foreign = p.detail.contains("another version of saferoot");
             found.push(p);
+            if foreign && !json {
+                // Nothing to repair: another saferoot reads it.
+                for p in &found {
+                    println!(
+                        "{} {}: {}",
+                        p.kind,
+                        crate::cli::shown(&p.file),
+                        crate::cli::shown_text(&p.detail)
+                    );
+                }
+                return Ok(1);
+            }
             print(dir, json, &found, &[], None, None);
             return Ok(1);
         }

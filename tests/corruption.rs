@@ -546,6 +546,20 @@ fn a_damaged_format_file_is_repaired_and_reported_healthy() {
     );
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!(code, 0, "{v}");
+    // A store of another version: named, and --repair is not offered (it refuses).
+    std::fs::write(&format, b"saferoot-store 9\n").unwrap();
+    let o = p.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("version 9"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("sets them aside"), "{}", stdout(&o));
+    fails_with(
+        &p.run(&["doctor", "--repair"]),
+        &["version 9", "not repaired"],
+    );
+    assert_eq!(
+        std::fs::read(&format).unwrap(),
+        b"saferoot-store 9\n".to_vec()
+    );
 }
 
 /// A deleted journal: doctor names it, --repair journals the trash it finds and refuses every

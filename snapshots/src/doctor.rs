@@ -149,6 +149,15 @@ pub fn format_problem(project: BorrowedFd<'_>, project_path: &Path) -> Result<Op
     let file = dir_path.join(FORMAT_FILE);
     Ok(match read_small(dir.as_fd(), Path::new(FORMAT_FILE)) {
         Ok(v) if v == FORMAT.as_bytes() => None,
+        Ok(v) if other_version(&v).is_some() => Some(Problem {
+            kind: "format",
+            file,
+            detail: format!(
+                "this store is version {}, written by another version of saferoot: use that \
+                 version (`doctor --repair` does not convert stores)",
+                other_version(&v).unwrap_or_default()
+            ),
+        }),
         Ok(v) => Some(Problem {
             kind: "format",
             file,
@@ -168,23 +177,28 @@ pub fn format_problem(project: BorrowedFd<'_>, project_path: &Path) -> Result<Op
     })
 }
 
+/// The version a `format` file names, when it is a well-formed one other than this one's.
+fn other_version(v: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(v);
+    let ver = text.trim_end().strip_prefix("saferoot-store ")?;
+    (!ver.is_empty() && ver.bytes().all(|c| c.is_ascii_digit()) && ver != "1")
+        .then(|| ver.to_owned())
+}
+
 /// Write the `format` file again, if the store is otherwise one of this version (its journal,
 /// if any, has the version 1 header) and the file does not name another version.
 pub fn repair_format(project: BorrowedFd<'_>, project_path: &Path) -> Result<Repaired> {
     let dir_path = project_path.join(store::STORE_DIR);
     let dir = open_dir(project, Path::new(store::STORE_DIR), &dir_path)?;
     let file = dir_path.join(FORMAT_FILE);
-    if let Ok(v) = read_small(dir.as_fd(), Path::new(FORMAT_FILE)) {
-        let text = String::from_utf8_lossy(&v);
-        if let Some(ver) = text.trim_end().strip_prefix("saferoot-store ") {
-            if ver.bytes().all(|c| c.is_ascii_digit()) && ver != "1" {
-                return Err(Error::Invalid(format!(
-                    "{} says this store is version {ver}, written by another saferoot; not \
-                     repaired",
-                    file.display()
-                )));
-            }
-        }
+    if let Some(ver) = read_small(dir.as_fd(), Path::new(FORMAT_FILE))
+        .ok()
+        .and_then(|v| other_version(&v))
+    {
+        return Err(Error::Invalid(format!(
+            "{} says this store is version {ver}, written by another saferoot; not repaired",
+            file.display()
+        )));
     }
     let journal = journal::read_bytes(dir.as_fd(), &dir_path)?;
     if !journal.is_empty() && !journal.starts_with(HEADER.as_bytes()) {
