@@ -709,6 +709,34 @@ pub fn mount(dir: &Path) -> Result<(u32, Child)> {
     }
 }
 
+/// The error of a restore or undelete that failed after changing some paths: it journaled
+/// every change it made since `now`, so say how to undo them, and make the mount show them.
+pub fn stopped_part_way(
+    dir: &Path,
+    store: &saferoot_snapshots::Store,
+    mounted: bool,
+    now: i64,
+    e: saferoot_snapshots::Error,
+    what: &str,
+) -> anyhow::Error {
+    let (recs, _) = journal::read(store.dir(), store.dir_path()).unwrap_or_default();
+    let mine: Vec<PathBuf> = recs
+        .iter()
+        .filter(|r| r.t >= now && r.pid == std::process::id() && r.op != Op::Restore)
+        .flat_map(|r| std::iter::once(r.path.clone()).chain(r.to.clone()))
+        .collect();
+    if mine.is_empty() {
+        return e.into();
+    }
+    if mounted {
+        tell_daemon_changed(dir, &mine);
+    }
+    anyhow!(
+        "{e}; the {what} stopped after changing some paths: undo that with `saferoot restore {}`",
+        time::format_utc(now)
+    )
+}
+
 /// Ask the daemon serving `dir` to unmount, then wait until the mount is gone.
 pub fn umount(dir: &Path, lazy: bool) -> Result<()> {
     match control::call(dir, &Request::Umount { lazy })? {
@@ -1126,27 +1154,7 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         restore::restore(&store, &opts)
     } {
         Ok(r) => r,
-        Err(e) => {
-            // A restore that fails part-way has journaled every change it made: say how to
-            // undo them, and make the mount show them.
-            let (recs, _) = journal::read(store.dir(), store.dir_path()).unwrap_or_default();
-            let mine: Vec<PathBuf> = recs
-                .iter()
-                .filter(|r| r.t >= now && r.pid == std::process::id() && r.op != Op::Restore)
-                .flat_map(|r| std::iter::once(r.path.clone()).chain(r.to.clone()))
-                .collect();
-            if mine.is_empty() {
-                return Err(e.into());
-            }
-            if mounted {
-                tell_daemon_changed(dir, &mine);
-            }
-            bail!(
-                "{e}; the restore stopped after changing some paths: undo that with \
-                 `saferoot restore {}`",
-                time::format_utc(now)
-            );
-        }
+        Err(e) => return Err(stopped_part_way(dir, &store, mounted, now, e, "restore")),
     };
     let verb = match (dry_run, report.changes.is_empty()) {
         (true, _) => "would restore",

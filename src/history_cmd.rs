@@ -114,7 +114,8 @@ pub fn undelete(dir: &Path, paths: &[PathBuf]) -> Result<i32> {
     let (store, mounted) = open_store(dir)?;
     let now = now_ns();
     let _ = saferoot_snapshots::recover::recover(&store);
-    let report = restore::undelete(&store, &rel, std::process::id(), "saferoot")?;
+    let report = restore::undelete(&store, &rel, std::process::id(), "saferoot")
+        .map_err(|e| crate::cli::stopped_part_way(dir, &store, mounted, now, e, "undelete"))?;
     if mounted {
         let changed: Vec<PathBuf> = report
             .items
