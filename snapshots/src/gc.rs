@@ -773,27 +773,35 @@ fn write_purging(store: &Store, items: &[PathBuf]) -> Result<()> {
         })
 }
 
-/// Finish a purge that was cut off: delete the trash items [`PURGING_FILE`] names that no
-/// record refers to any more (the journal was rewritten), then the file. Returns how many
-/// items went. Items still named (the purge stopped before its journal rewrite) stay.
-pub fn finish_purge(store: &Store, records: &[Record]) -> usize {
-    use std::os::unix::ffi::OsStrExt;
+/// The trash items a purge cut off part-way was deleting, from [`PURGING_FILE`] (empty when
+/// there is none).
+pub fn purging_list(store: &Store) -> Vec<PathBuf> {
     let Ok(fd) = nix::fcntl::openat(
         store.dir(),
         PURGING_FILE,
         OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        nix::sys::stat::Mode::empty(),
+        Mode::empty(),
     ) else {
-        return 0;
+        return Vec::new();
     };
     let mut buf = Vec::new();
     if std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).is_err() {
-        return 0;
+        return Vec::new();
     }
+    buf.split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(OsStr::from_bytes(p)))
+        .collect()
+}
+
+/// Finish a purge that was cut off: delete the trash items [`PURGING_FILE`] names that no
+/// record refers to any more (the journal was rewritten), then the file. Returns how many
+/// items went. Items still named (the purge stopped before its journal rewrite) stay.
+pub fn finish_purge(store: &Store, records: &[Record]) -> usize {
+    let listed = purging_list(store);
     let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
     let mut n = 0;
-    for p in buf.split(|&b| b == 0).filter(|p| !p.is_empty()) {
-        let p = Path::new(std::ffi::OsStr::from_bytes(p));
+    for p in &listed {
         if !p.starts_with(TRASH_DIR) || related(&known, p) || journal_path_unsafe(p) {
             continue;
         }

@@ -31,27 +31,6 @@ pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
     Some(t.and_utc().timestamp() * 1_000_000_000 + 999_999_999)
 }
 
-/// The trash items a purge cut off part-way was deleting ([`crate::gc::PURGING_FILE`]).
-fn purging_list(store: &Store) -> HashSet<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(fd) = nix::fcntl::openat(
-        store.dir(),
-        crate::gc::PURGING_FILE,
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW,
-        nix::sys::stat::Mode::empty(),
-    ) else {
-        return HashSet::new();
-    };
-    let mut buf = Vec::new();
-    if std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).is_err() {
-        return HashSet::new();
-    }
-    buf.split(|&b| b == 0)
-        .filter(|p| !p.is_empty())
-        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
-        .collect()
-}
-
 /// Finish a purge that was cut off ([`crate::gc::finish_purge`]), then append records for
 /// unjournaled trash items; returns how many.
 pub fn recover(store: &Store) -> Result<usize> {
@@ -74,7 +53,7 @@ pub fn orphans(store: &Store) -> Result<Vec<Record>> {
     // Items older than where history now starts are what an interrupted `gc` left to delete.
     let horizon = journal::horizon(&records).map_or(i64::MIN, |(h, _)| h);
     // A purge cut off part-way names what it was deleting: never recover those.
-    let purging = purging_list(store);
+    let purging: HashSet<PathBuf> = crate::gc::purging_list(store).into_iter().collect();
     let is_known = |rel: &Path| {
         rel.ancestors()
             .any(|a| known.contains(a) || purging.contains(a))
