@@ -797,8 +797,13 @@ pub fn purging_list(store: &Store) -> Vec<PathBuf> {
 /// Finish a purge that was cut off: delete the trash items [`PURGING_FILE`] names that no
 /// record refers to any more (the journal was rewritten), then the file. Returns how many
 /// items went. Items still named (the purge stopped before its journal rewrite) stay.
-pub fn finish_purge(store: &Store, records: &[Record]) -> usize {
+pub fn finish_purge(store: &Store) -> Result<usize> {
     let listed = purging_list(store);
+    if listed.is_empty() {
+        let _ = nix::unistd::unlinkat(store.dir(), PURGING_FILE, UnlinkatFlags::NoRemoveDir);
+        return Ok(0);
+    }
+    let (records, _) = journal::read(store.dir(), store.dir_path())?;
     let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
     let mut n = 0;
     for p in &listed {
@@ -811,7 +816,7 @@ pub fn finish_purge(store: &Store, records: &[Record]) -> usize {
         }
     }
     let _ = nix::unistd::unlinkat(store.dir(), PURGING_FILE, UnlinkatFlags::NoRemoveDir);
-    n
+    Ok(n)
 }
 
 /// Delete for good every kept old version of `paths` (and of everything below them): the

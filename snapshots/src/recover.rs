@@ -34,8 +34,7 @@ pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
 /// Finish a purge that was cut off ([`crate::gc::finish_purge`]), then append records for
 /// unjournaled trash items; returns how many.
 pub fn recover(store: &Store) -> Result<usize> {
-    let (records, _) = journal::read(store.dir(), store.dir_path())?;
-    crate::gc::finish_purge(store, &records);
+    crate::gc::finish_purge(store)?;
     let found = orphans(store)?;
     for r in &found {
         store.journal().append(r)?;
