@@ -170,8 +170,6 @@ pub enum Cmd {
     Undelete {
         /// Paths as they were before deletion (relative to the current directory, or absolute,
         /// inside DIR)
-        /// Paths whose kept versions go, each with everything that was below it (relative to
-        /// the current directory inside DIR; `saferoot trash list PATH` shows what that is)
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
