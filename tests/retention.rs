@@ -466,3 +466,40 @@ fn a_purge_while_mounted_deletes_fresh_objects() {
     );
     assert_healthy(&p, "after the purge");
 }
+
+/// A purge while mounted keeps an object that a record written meanwhile names (the same
+/// bytes kept for another path): it deleted it, leaving that record pointing at nothing.
+#[test]
+fn a_purge_keeps_an_object_another_path_takes_meanwhile() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    assert_ok(&p.sh("echo SECRET2 > f && cp f g && echo changed > f"));
+    let purge = std::process::Command::new(bin())
+        .args([
+            "-C",
+            p.dir().to_str().unwrap(),
+            "trash",
+            "purge",
+            "--yes",
+            "f",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    tick();
+    let before_g = now_rfc3339();
+    tick();
+    assert_ok(&p.sh("echo other > g"));
+    let o = purge.wait_with_output().unwrap();
+    assert_ok(&o);
+    p.umount();
+    assert_healthy(&p, "after the purge");
+    let out = p.dir().parent().unwrap().join("g-before");
+    assert_ok(&p.run(&["restore", "--to", out.to_str().unwrap(), &before_g]));
+    assert_eq!(std::fs::read(out.join("g")).unwrap(), b"SECRET2\n");
+}

@@ -872,7 +872,7 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
     let mut purged_objects: Vec<String> = Vec::new();
     let mut kept_trash: HashSet<PathBuf> = HashSet::new();
     let mut kept_objects: HashSet<String> = HashSet::new();
-    store.journal().rewrite(store.dir(), |old| {
+    let rewritten = store.journal().rewrite(store.dir(), |old| {
         let mut out = journal::HEADER.as_bytes().to_vec();
         for (line, rec) in journal::records_and_lines(old, &jpath)? {
             match rec {
@@ -900,7 +900,12 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
         // taken for unjournaled removals and brought back ([`crate::recover`]).
         write_purging(store, &purged_trash)?;
         Ok(out)
-    })?;
+    });
+    if let Err(e) = rewritten {
+        // The journal still names everything: nothing for recovery to finish.
+        let _ = nix::unistd::unlinkat(store.dir(), PURGING_FILE, UnlinkatFlags::NoRemoveDir);
+        return Err(e);
+    }
     for p in &purged_trash {
         if !related(&kept_trash, p)
             && !journal_path_unsafe(p)
@@ -911,16 +916,29 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
     }
     let _ = nix::unistd::unlinkat(store.dir(), PURGING_FILE, UnlinkatFlags::NoRemoveDir);
     // The objects of the purged records go even if this process pinned them (the daemon pins
-    // what it names for a while): a pin only guards a record on its way to the journal, so one
-    // named in the last moments is given that moment first.
+    // what it names for ten minutes): a pin only guards a record on its way to the journal.
+    // One pinned in the last moments is given that moment first, then every record in the
+    // journal is read again, and an object one of them names, or pinned again meanwhile,
+    // stays (for gc, once nothing needs it).
+    let grace = purged_objects
+        .iter()
+        .filter(|hex| !kept_objects.contains(*hex))
+        .filter_map(|hex| store.pinned_since(hex))
+        .map(|age| PURGE_PIN_GRACE.saturating_sub(age))
+        .max();
+    if let Some(wait) = grace {
+        std::thread::sleep(wait);
+        // Records appended since the rewrite (the daemon goes on serving) may name one of
+        // them now (the same bytes kept for another path): those stay.
+        let (recs, _) = journal::read(store.dir(), store.dir_path())?;
+        kept_objects.extend(recs.into_iter().filter_map(|r| r.object));
+    }
     for hex in &purged_objects {
-        if kept_objects.contains(hex) {
-            continue;
-        }
-        if let Some(age) = store.pinned_since(hex) {
-            std::thread::sleep(PURGE_PIN_GRACE.saturating_sub(age));
-        }
-        if store.remove_object_now(hex).is_some() {
+        if !kept_objects.contains(hex)
+            && store
+                .remove_object_pinned_before(hex, PURGE_PIN_GRACE)
+                .is_some()
+        {
             report.objects += 1;
         }
     }

@@ -545,18 +545,24 @@ impl Journal {
         )
         .map_err(io("create", &tmp_shown))?;
         let mut out = File::from(fd);
-        if had_reserve {
-            if let (Ok(off), Ok(n)) = (i64::try_from(new.len()), i64::try_from(RESERVE_BYTES)) {
-                let _ = nix::fcntl::fallocate(
-                    out.as_fd(),
-                    nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    n,
-                );
-            }
-        }
         let written = out
             .write_all(&new)
+            .map(|()| {
+                // After the content, best effort: the reserve never takes the room the
+                // content needs (gc and purge are what people run when the disk is full).
+                if let (true, Ok(off), Ok(n)) = (
+                    had_reserve,
+                    i64::try_from(new.len()),
+                    i64::try_from(RESERVE_BYTES),
+                ) {
+                    let _ = nix::fcntl::fallocate(
+                        out.as_fd(),
+                        nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                        off,
+                        n,
+                    );
+                }
+            })
             .and_then(|()| out.sync_all())
             .map_err(|e| Error::Io {
                 op: "write",

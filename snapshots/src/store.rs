@@ -315,13 +315,30 @@ impl Store {
         p.get(hex).map(|at| at.elapsed()).filter(|e| *e < PIN_FOR)
     }
 
-    /// Delete the object `hex`, pinned or not (`trash purge`: the user wants it gone).
-    /// Returns the bytes freed, `None` if it was absent.
-    pub fn remove_object_now(&self, hex: &str) -> Option<u64> {
+    /// Delete the object `hex` unless it was pinned less than `within` ago (`trash purge`: the
+    /// user wants it gone, and a pin older than that is not a record still on its way). The
+    /// check and the unlink happen under the pin lock. Returns the bytes freed, `None` if it
+    /// was kept or absent.
+    pub fn remove_object_pinned_before(
+        &self,
+        hex: &str,
+        within: std::time::Duration,
+    ) -> Option<u64> {
         let mut p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if p.get(hex).is_some_and(|at| at.elapsed() < within) {
+            return None;
+        }
         p.remove(hex);
-        drop(p);
-        self.remove_object(hex)
+        let rel = object_rel(hex);
+        let st =
+            nix::sys::stat::fstatat(self.dir.as_fd(), &rel, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        nix::unistd::unlinkat(
+            self.dir.as_fd(),
+            &rel,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+        .ok()?;
+        Some(st.st_blocks as u64 * 512)
     }
 
     /// `hex` was named by this process a moment ago and is about to be journaled: collection
