@@ -232,7 +232,9 @@ pub fn warn_damaged_lines(store: &Store, report: &ReadReport) {
     for d in report.damaged.iter().take(10) {
         let what = match d.after_t {
             Some(a) => format!("instants before {} cannot be restored", time::format_utc(a)),
-            None => "no intact record follows it, so no earlier instant can be restored".into(),
+            None => "no instant after it is known yet (no intact record follows it, or a file \
+                     open for writing across it has not been closed), so none can be restored"
+                .into(),
         };
         eprintln!(
             "saferoot: warning: line {} of {} is damaged ({}) and was skipped: its change is \

@@ -156,15 +156,34 @@ struct Plan {
 ///
 /// What dropping the oldest records frees is estimated from the sizes of what they kept (and
 /// of their journal lines); what the disk gives back can be less (items shared with kept
-/// records, blocks), so a real run can end still a little over the cap. Then it collects again, from the store as measured now (each round drops
-/// more of the oldest history, never past the newest snapshot), up to [`GC_ROUNDS`] rounds.
+/// records, blocks), so a real run can end still a little over the cap. Then it collects
+/// again, from the store as measured now (each round drops more of the oldest history, never
+/// past the newest snapshot), up to [`GC_ROUNDS`] rounds, holding the store throughout.
 pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
+    let _one = COLLECTING.lock().unwrap_or_else(|p| p.into_inner());
+    let _held = if opts.dry_run {
+        None
+    } else {
+        Some(store.exclusive()?)
+    };
     let mut report = gc_round(store, opts)?;
+    let mut last_dropped = report.records_dropped;
     for _ in 1..GC_ROUNDS {
-        if opts.dry_run || report.cap_unmet.is_none() || report.records_dropped == 0 {
+        if opts.dry_run || report.cap_unmet.is_none() || last_dropped == 0 {
             break;
         }
-        let next = gc_round(store, opts)?;
+        let next = match gc_round(store, opts) {
+            Ok(n) => n,
+            // What the rounds before did stands: report it, with why it stopped.
+            Err(e) => {
+                report.cap_unmet = Some(format!(
+                    "{}; collecting more failed: {e}",
+                    report.cap_unmet.take().unwrap_or_default()
+                ));
+                break;
+            }
+        };
+        last_dropped = next.records_dropped;
         report.records_dropped += next.records_dropped;
         report.trash_items_freed += next.trash_items_freed;
         report.objects_freed += next.objects_freed;
@@ -177,18 +196,17 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+/// One collection or purge at a time in this process: the daemon runs them on threads of
+/// their own, and the store's exclusive lock is one per open file, shared by its threads.
+static COLLECTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How many times [`gc`] collects at most to bring the store under its cap.
 const GC_ROUNDS: usize = 4;
 
-/// One collection: plan from the store as it is, then drop.
+/// One collection: plan from the store as it is, then drop (the caller holds the store).
 fn gc_round(store: &Store, opts: &Options) -> Result<Report> {
     let started = std::time::Instant::now();
     let _progress = crate::progress::task("gc", None);
-    let _held = if opts.dry_run {
-        None
-    } else {
-        Some(store.exclusive()?)
-    };
     let now = crate::now_ns();
     let buf = read_journal(store)?;
     let jpath = store.dir_path().join(journal::JOURNAL_FILE);
@@ -834,6 +852,7 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
             )));
         }
     }
+    let _one = COLLECTING.lock().unwrap_or_else(|p| p.into_inner());
     let _held = if dry_run {
         None
     } else {

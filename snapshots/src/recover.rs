@@ -21,6 +21,10 @@ use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+/// How far behind the clock of journal records a file's ctime may lag (the kernel stamps files
+/// from a coarse clock: up to a jiffy, 1 to 10 ms).
+const COARSE_CLOCK_NS: i64 = 10_000_000;
+
 /// The instant a trash bucket name stands for: the last nanosecond of its second.
 pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
     let stamp = match bucket.rsplit_once('.') {
@@ -49,6 +53,15 @@ pub fn recover(store: &Store) -> Result<usize> {
 pub fn orphans(store: &Store) -> Result<Vec<Record>> {
     let (records, _) = journal::read(store.dir(), store.dir_path())?;
     let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
+    // The newest record of a change to each existing file (not one that made the name: a
+    // file created after the removal must stay after it).
+    let mut latest: std::collections::HashMap<&Path, i64> = std::collections::HashMap::new();
+    for r in &records {
+        if matches!(r.op, Op::Write | Op::Append | Op::Close | Op::Setattr) {
+            let e = latest.entry(r.path.as_path()).or_insert(r.t);
+            *e = (*e).max(r.t);
+        }
+    }
     // Items older than where history now starts are what an interrupted `gc` left to delete.
     let horizon = journal::horizon(&records).map_or(i64::MIN, |(h, _)| h);
     // A purge cut off part-way names what it was deleting: never recover those.
@@ -107,7 +120,14 @@ pub fn orphans(store: &Store) -> Result<Vec<Record>> {
             .saturating_mul(1_000_000_000)
             .saturating_add(md.ctime_nsec());
         let t = if ctime <= t && ctime > t - 1_000_000_000 {
-            ctime
+            // File times come from a coarser clock than records: never before a record of the
+            // same path in that second (a `close` just before the removal).
+            let last = latest.get(rel.as_path()).copied().unwrap_or(i64::MIN);
+            if last >= ctime && last < t && last - ctime < COARSE_CLOCK_NS {
+                last + 1
+            } else {
+                ctime
+            }
         } else {
             t
         };
@@ -212,6 +232,15 @@ mod tests {
             end
         };
         assert_eq!(found[0].t, want);
+        // A close of the file journaled a moment after its ctime (file times lag the records'
+        // clock): the removal is dated after it.
+        if want == ctime && ctime + 50_000 < end {
+            store
+                .journal()
+                .append(&Record::new(ctime + 50_000, Op::Close, "f", 1, "sh"))
+                .unwrap();
+            assert_eq!(orphans(&store).unwrap()[0].t, ctime + 50_001);
+        }
     }
 
     /// A purge cut off after its journal rewrite: the items it was deleting are deleted by the

@@ -848,8 +848,9 @@ impl Past {
                     format_utc(a)
                 ),
                 None => format!(
-                    "cannot go back to {at}: {line}, and no intact record follows it; run \
-                     `saferoot doctor`"
+                    "cannot go back to {at}: {line}, and no instant after it is known yet (no \
+                     intact record follows it, or a file open for writing across it has not been \
+                     closed); run `saferoot doctor`"
                 ),
             }));
         }
