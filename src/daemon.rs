@@ -277,6 +277,9 @@ fn setup(dir: &Path) -> Result<(fuser::Session<SaferootFs>, Running)> {
     start_logging(&store);
     // Room for the journal to grow into when the disk fills up.
     store.journal().keep_reserve();
+    if let Some(why) = saferoot_snapshots::recover::journal_lost(&store)? {
+        bail!("{why}");
+    }
     match saferoot_snapshots::recover::recover(&store) {
         Ok(0) => {}
         Ok(n) => {

@@ -577,6 +577,11 @@ fn a_deleted_journal_is_named_and_bounds_every_restore() {
     tick();
     p.umount();
     std::fs::remove_file(journal(&p)).unwrap();
+    // Mounting would take the trash for crash leftovers, dated in a past nothing is known of.
+    fails_with(
+        &p.run(&["mount"]),
+        &["journal", "was lost", "doctor --repair"],
+    );
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!(code, 1, "{v}");
     let kinds: Vec<&str> = v["problems"]
@@ -597,4 +602,6 @@ fn a_deleted_journal_is_named_and_bounds_every_restore() {
         std::fs::read(p.dir().join("README.md")).unwrap(),
         b"changed\n"
     );
+    p.mount();
+    p.umount();
 }

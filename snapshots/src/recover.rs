@@ -35,6 +35,25 @@ pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
     Some(t.and_utc().timestamp() * 1_000_000_000 + 999_999_999)
 }
 
+/// When the journal has no record at all while the trash keeps items, the journal was lost
+/// (deleted or emptied): recovering them would date removals in a past nothing else is known
+/// of. Says so, for the mount to refuse until `saferoot doctor --repair` bounded the history.
+pub fn journal_lost(store: &Store) -> Result<Option<String>> {
+    let (records, _) = journal::read(store.dir(), store.dir_path())?;
+    if !records.is_empty() {
+        return Ok(None);
+    }
+    let n = orphans(store)?.len();
+    Ok((n > 0).then(|| {
+        format!(
+            "the journal of {} has no record while its trash keeps {n} item(s): it was lost \
+             (deleted or emptied), so what happened before now is unknown; run `saferoot \
+             doctor --repair` first (restores before the repair are then refused)",
+            store.dir_path().display()
+        )
+    }))
+}
+
 /// Finish a purge that was cut off ([`crate::gc::finish_purge`]), then append records for
 /// unjournaled trash items; returns how many.
 pub fn recover(store: &Store) -> Result<usize> {
