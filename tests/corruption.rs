@@ -595,7 +595,8 @@ fn a_deleted_journal_is_named_and_bounds_every_restore() {
     assert_eq!(code, 0, "{v}");
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!((code, &v["problems"]), (0, &serde_json::json!([])), "{v}");
-    let out = p.dir().parent().unwrap().join("restored");
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("restored");
     let o = p.run(&["restore", "--to", out.to_str().unwrap(), &t]);
     fails_with(&o, &["cannot go back to", "doctor --repair"]);
     assert_eq!(

@@ -499,7 +499,8 @@ fn a_purge_keeps_an_object_another_path_takes_meanwhile() {
     assert_ok(&o);
     p.umount();
     assert_healthy(&p, "after the purge");
-    let out = p.dir().parent().unwrap().join("g-before");
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("g-before");
     assert_ok(&p.run(&["restore", "--to", out.to_str().unwrap(), &before_g]));
     assert_eq!(std::fs::read(out.join("g")).unwrap(), b"SECRET2\n");
 }
