@@ -81,6 +81,8 @@ struct OpenFile {
     close_journaled: std::sync::atomic::AtomicBool,
     /// The node in whose `direct` handles this one is counted (served with direct I/O).
     direct_of: Mutex<Option<Arc<Node>>>,
+    /// A writer handle a close(2) was seen for (counted in its node's `Writers::flushed`).
+    flushed: std::sync::atomic::AtomicBool,
 }
 
 impl OpenFile {
@@ -91,6 +93,7 @@ impl OpenFile {
             writer_of,
             close_journaled: std::sync::atomic::AtomicBool::new(false),
             direct_of: Mutex::new(None),
+            flushed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -540,21 +543,36 @@ impl Shared {
     fn end_write(&self, req: &Request, node: &Node, file: &OpenFile) {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
         w.n = w.n.saturating_sub(1);
+        if file.flushed.load(Ordering::Relaxed) {
+            w.flushed = w.flushed.saturating_sub(1);
+        }
         if w.n == 0 {
-            node.session_closed.store(false, Ordering::Relaxed);
-            if !file.close_journaled.swap(true, Ordering::Relaxed) {
+            w.flushed = 0;
+            // Ended without a close(2) seen for its last writers (a flush that failed): the
+            // end of the session is now.
+            if !node.session_closed.swap(false, Ordering::Relaxed)
+                && !file.close_journaled.swap(true, Ordering::Relaxed)
+            {
                 self.journal_close(req, node);
             }
         }
     }
 
-    /// `close(2)` of the last writer: the kernel's release of the handle may come a little
-    /// later (asynchronously), so the end of the write session is journaled here, when the
-    /// closing process returns from close. Later writes through a duplicate of the same
-    /// descriptor are not seen as a new session (they belong to this one).
+    /// `close(2)` of a writer: the kernel's release of the handle may come a little later
+    /// (asynchronously), so when a close has been seen for every writer handle still open
+    /// (the others only wait for their release), the end of the write session is journaled
+    /// here, when the closing process returns from close. (Counting releases instead dated
+    /// the end after the processes had exited when two writers overlapped, and a restore to
+    /// an instant after they were done gave the bytes from before.) Later writes through a
+    /// duplicate of the same descriptor are not seen as a new session (they belong to this
+    /// one).
     fn flush_write(&self, req: &Request, node: &Node, file: &OpenFile) {
-        let w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-        if w.n == 1 && !file.close_journaled.swap(true, Ordering::Relaxed) {
+        let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+        if !file.flushed.swap(true, Ordering::Relaxed) {
+            w.flushed += 1;
+        }
+        if w.flushed >= w.n && !node.session_closed.load(Ordering::Relaxed) {
+            file.close_journaled.store(true, Ordering::Relaxed);
             self.journal_close(req, node);
             node.session_closed.store(true, Ordering::Relaxed);
         }

@@ -91,6 +91,8 @@ pub struct Node {
 pub struct Writers {
     /// Open handles that may write.
     pub n: usize,
+    /// Of those, the ones a close(2) was seen for (FLUSH) whose release has not come yet.
+    pub flushed: usize,
     /// The session's old bytes are kept, or need no keeping (a new file, a scratch file).
     /// False only in an append-only session that has not kept them yet: its writers can only
     /// add bytes at or after `base`, and anything else (a write below `base`, a truncate, a
