@@ -1852,3 +1852,43 @@ for i in range(40):
     }
     p.umount();
 }
+
+/// `cmd > f` in a shell: the shell opens f, hands the descriptor to the command and closes its
+/// own copy at once, while the command goes on writing. An instant while it writes restores
+/// the bytes from before the command (the session had ended at the shell's close, and it gave
+/// bytes written later); an instant after it exited restores everything it wrote.
+#[test]
+fn a_shell_redirect_is_one_session_until_the_command_ends() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::write(p.dir().join("L"), b"before\n").unwrap();
+    p.mount();
+    let writer = r#"python3 -c 'import time
+for i in range(3):
+    print("line", i, flush=True); time.sleep(0.4)' > L"#;
+    let mut child = Command::new("sh")
+        .args(["-c", writer])
+        .current_dir(p.dir())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(250));
+    let during = now_rfc3339();
+    assert!(child.wait().unwrap().success());
+    tick();
+    let after = now_rfc3339();
+    let full = b"line 0\nline 1\nline 2\n".to_vec();
+    assert_eq!(std::fs::read(p.dir().join("L")).unwrap(), full);
+    for (t, want) in [(&during, b"before\n".to_vec()), (&after, full)] {
+        let scratch = tempfile::tempdir().unwrap();
+        let out = scratch.path().join("o");
+        assert_ok(&p.run(&["restore", "--to", out.to_str().unwrap(), t]));
+        assert_eq!(
+            String::from_utf8_lossy(&std::fs::read(out.join("L")).unwrap()),
+            String::from_utf8_lossy(&want),
+            "at {t}"
+        );
+    }
+    p.umount();
+}

@@ -185,6 +185,17 @@ const DIR_CURSORS_MAX: usize = 256;
 /// (all at once: a removal then just copies, as before).
 const LINK_PEERS_MAX: usize = 65_536;
 
+/// What tells whether a file changed: size, mtime and ctime (seconds and nanoseconds).
+fn file_sig(st: &FileStat) -> [i64; 5] {
+    [
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+    ]
+}
+
 /// Passthrough registrations kept for files no handle has open (see `Shared::idle_backing`).
 const IDLE_BACKING_MAX: usize = 4096;
 /// How long an open to append waits, on a full store, for the kernel to release handles whose
@@ -464,7 +475,11 @@ impl Shared {
         if self.trash_only(node) {
             return Err(Errno::ESTALE);
         }
+        self.settle(req, node, &mut w);
         let new_session = w.n == 0 || node.session_closed.swap(false, Ordering::Relaxed);
+        if new_session {
+            w.last_flush = None;
+        }
         if node.fmt != libc::S_IFREG || keep == Keep::No {
             if new_session {
                 w.kept = true;
@@ -547,38 +562,56 @@ impl Shared {
             w.flushed = w.flushed.saturating_sub(1);
         }
         if w.n == 0 {
-            w.flushed = 0;
-            // Ended without a close(2) seen for its last writers (a flush that failed): the
-            // end of the session is now.
-            if !node.session_closed.swap(false, Ordering::Relaxed)
-                && !file.close_journaled.swap(true, Ordering::Relaxed)
-            {
-                self.journal_close(req, node);
+            if !node.session_closed.swap(false, Ordering::Relaxed) {
+                let t = self.close_time(node, &w);
+                file.close_journaled.store(true, Ordering::Relaxed);
+                self.journal_close(req, node, t);
             }
+            w.flushed = 0;
+            w.last_flush = None;
         }
     }
 
-    /// `close(2)` of a writer: the kernel's release of the handle may come a little later
-    /// (asynchronously), so when a close has been seen for every writer handle still open
-    /// (the others only wait for their release), the end of the write session is journaled
-    /// here, when the closing process returns from close. (Counting releases instead dated
-    /// the end after the processes had exited when two writers overlapped, and a restore to
-    /// an instant after they were done gave the bytes from before.) Later writes through a
-    /// duplicate of the same descriptor are not seen as a new session (they belong to this
-    /// one).
-    fn flush_write(&self, req: &Request, node: &Node, file: &OpenFile) {
-        let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-        if !file.flushed.swap(true, Ordering::Relaxed) {
-            w.flushed += 1;
+    /// The instant a write session of `node` ended: its last close(2), if the file has not
+    /// changed since (no write through a descriptor still open elsewhere, such as a
+    /// duplicate a child kept or a shared mapping); else now.
+    fn close_time(&self, node: &Node, w: &crate::node::Writers) -> i64 {
+        match w.last_flush {
+            Some((t, sig)) if self.stat_node(node).is_ok_and(|st| file_sig(&st) == sig) => t,
+            _ => now_ns(),
         }
-        if w.flushed >= w.n && !node.session_closed.load(Ordering::Relaxed) {
-            file.close_journaled.store(true, Ordering::Relaxed);
-            self.journal_close(req, node);
+    }
+
+    /// When a close(2) has been seen for every writer handle of `node` still open (the
+    /// kernel releases them asynchronously, after close returned), the session is over:
+    /// journal its end, dated by [`Shared::close_time`], before anything that depends on it
+    /// (a new writer, a truncate by path, the removal of a second name).
+    fn settle(&self, req: &Request, node: &Node, w: &mut crate::node::Writers) {
+        if w.n > 0 && w.flushed >= w.n && !node.session_closed.load(Ordering::Relaxed) {
+            let t = self.close_time(node, w);
+            self.journal_close(req, node, t);
             node.session_closed.store(true, Ordering::Relaxed);
         }
     }
 
-    fn journal_close(&self, req: &Request, node: &Node) {
+    /// `close(2)` of a writer: remember when, and the file's state then. A FLUSH comes for
+    /// every close of every descriptor, duplicates included (a shell's `cmd > f` closes its
+    /// own descriptor at once, the command goes on writing through its copy), so it cannot
+    /// end the session by itself; the release of the last handle can, but the kernel sends
+    /// it asynchronously, after the process may have exited. The session's end is journaled
+    /// at that release (or earlier, see [`Shared::settle`]) and dated at the last close(2)
+    /// when nothing changed the file since.
+    fn flush_write(&self, _req: &Request, node: &Node, file: &OpenFile) {
+        let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+        if !file.flushed.swap(true, Ordering::Relaxed) {
+            w.flushed += 1;
+        }
+        if let Ok(st) = self.stat_node(node) {
+            w.last_flush = Some((now_ns(), file_sig(&st)));
+        }
+    }
+
+    fn journal_close(&self, req: &Request, node: &Node, t: i64) {
         if node.fmt != libc::S_IFREG {
             return;
         }
@@ -589,7 +622,7 @@ impl Shared {
                 Record {
                     kind: Some(Kind::File),
                     ino: Some(node.ino),
-                    ..Record::new(now_ns(), Op::Close, rel, 0, "")
+                    ..Record::new(t, Op::Close, rel, 0, "")
                 },
             );
         }
@@ -791,11 +824,11 @@ impl Shared {
         let writers = node
             .as_ref()
             .map(|n| n.writers.lock().unwrap_or_else(|p| p.into_inner()));
-        // A writer whose process has closed it (the session's end is journaled) but whose
-        // release the kernel has not sent yet does not count: `git` closes its temporary
-        // object, links it and unlinks the temporary name in quick succession.
+        // A writer whose process has closed it (close(2) seen for every writer handle) but
+        // whose release the kernel has not sent yet does not count: `git` closes its
+        // temporary object, links it and unlinks the temporary name in quick succession.
         if writers.as_ref().is_some_and(|w| {
-            w.n > 0
+            w.n > w.flushed
                 && !node
                     .as_ref()
                     .is_some_and(|n| n.session_closed.load(Ordering::Relaxed))
@@ -1953,6 +1986,7 @@ impl Filesystem for SaferootFs {
             let mut kept = None;
             if let Some(sz) = size.filter(|&sz| versioned && sz as i64 != before.st_size) {
                 let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+                s.settle(req, &node, &mut w);
                 let in_session = w.n > 0 && !node.session_closed.load(Ordering::Relaxed);
                 if !in_session {
                     kept = Some(s.preimage_node(&node)?.0);
