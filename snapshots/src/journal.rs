@@ -855,31 +855,36 @@ pub fn parse_numbered(buf: &[u8], path: &Path) -> Result<(Vec<(usize, Record)>, 
 /// file's content is unknown until the session ends: at its `close`, or at the next `mount` or
 /// `umount` (which no session outlives). `None`: a session across it has not ended yet.
 fn past_sessions(records: &[(usize, Record)], pos: usize, after_t: Option<i64>) -> Option<i64> {
+    use std::collections::HashSet;
     let mut bound = after_t?;
-    // Sessions open at the damaged line, by inode, and the last op seen for each inode since
-    // the last mount or umount.
-    use std::collections::{HashMap, HashSet};
+    // Since the last mount or umount, by inode: sessions begun with a kept pre-image (`write`,
+    // `append`) and not closed, and every file whose session start was seen (those, or a
+    // `create`) and not closed since.
     let mut open: HashSet<u64> = HashSet::new();
-    let mut last: HashMap<u64, Op> = HashMap::new();
+    let mut started: HashSet<u64> = HashSet::new();
     let start = records[..pos]
         .iter()
         .rposition(|(_, r)| matches!(r.op, Op::Mount | Op::Umount))
         .map_or(0, |i| i + 1);
-    fn note(r: &Record, open: &mut HashSet<u64>, last: &mut HashMap<u64, Op>) {
+    fn note(r: &Record, open: &mut HashSet<u64>, started: &mut HashSet<u64>) {
         let Some(ino) = r.ino else { return };
         match r.op {
             Op::Write | Op::Append => {
                 open.insert(ino);
+                started.insert(ino);
+            }
+            Op::Create => {
+                started.insert(ino);
             }
             Op::Close => {
                 open.remove(&ino);
+                started.remove(&ino);
             }
             _ => {}
         }
-        last.insert(ino, r.op);
     }
     for (_, r) in &records[start..pos] {
-        note(r, &mut open, &mut last);
+        note(r, &mut open, &mut started);
     }
     let mut across = open.clone();
     for (_, r) in &records[pos..] {
@@ -890,13 +895,13 @@ fn past_sessions(records: &[(usize, Record)], pos: usize, after_t: Option<i64>) 
             return Some(bound);
         }
         if let (Op::Close, Some(ino)) = (r.op, r.ino) {
-            let started_unseen =
-                !open.contains(&ino) && last.get(&ino).is_none_or(|&o| o == Op::Close);
-            if across.remove(&ino) || started_unseen {
+            // Open across the damaged line, or closed with no start seen: the damaged line
+            // may have been that start.
+            if across.remove(&ino) || !started.contains(&ino) {
                 bound = bound.max(r.t.saturating_add(1));
             }
         }
-        note(r, &mut open, &mut last);
+        note(r, &mut open, &mut started);
     }
     across.is_empty().then_some(bound)
 }
@@ -1095,6 +1100,22 @@ mod tests {
             encode(&r(50, Op::Unlink, "c", 10)),
         ];
         assert_eq!(after(lines), vec![Some(41)]);
+        // The same, with a truncate of a between its damaged start and its close.
+        let lines = vec![
+            encode(&r(10, Op::Mount, ".", 0)),
+            damaged(&r(20, Op::Write, "a", 7)),
+            encode(&r(30, Op::Setattr, "a", 7)),
+            encode(&r(40, Op::Close, "a", 7)),
+        ];
+        assert_eq!(after(lines), vec![Some(41)]);
+        // A created file's session, seen whole after the damage: no later bound.
+        let lines = vec![
+            encode(&r(10, Op::Mount, ".", 0)),
+            damaged(&r(20, Op::Unlink, "g", 9)),
+            encode(&r(30, Op::Create, "n", 8)),
+            encode(&r(40, Op::Close, "n", 8)),
+        ];
+        assert_eq!(after(lines), vec![Some(30)]);
         // A session still open now: no instant is exact.
         let lines = vec![
             encode(&r(10, Op::Mount, ".", 0)),
