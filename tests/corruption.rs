@@ -582,6 +582,12 @@ fn a_deleted_journal_is_named_and_bounds_every_restore() {
         &p.run(&["mount"]),
         &["journal", "was lost", "doctor --repair"],
     );
+    let scratch = tempfile::tempdir().unwrap();
+    let early = scratch.path().join("early");
+    fails_with(
+        &p.run(&["restore", "--to", early.to_str().unwrap(), &t]),
+        &["was lost", "doctor --repair"],
+    );
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!(code, 1, "{v}");
     let kinds: Vec<&str> = v["problems"]
@@ -595,7 +601,6 @@ fn a_deleted_journal_is_named_and_bounds_every_restore() {
     assert_eq!(code, 0, "{v}");
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!((code, &v["problems"]), (0, &serde_json::json!([])), "{v}");
-    let scratch = tempfile::tempdir().unwrap();
     let out = scratch.path().join("restored");
     let o = p.run(&["restore", "--to", out.to_str().unwrap(), &t]);
     fails_with(&o, &["cannot go back to", "doctor --repair"]);

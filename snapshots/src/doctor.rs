@@ -693,7 +693,7 @@ pub fn repair(store: &Store, c: &Checkup, now: i64) -> Result<Vec<Repaired>> {
     }
 
     // 3. Journal the trash items no record refers to.
-    let recovered = recover::recover(store)?;
+    let recovered = recover::recover_all(store)?;
     if recovered > 0 {
         for tr in &c.orphans {
             done.push(Repaired {

@@ -55,8 +55,19 @@ pub fn journal_lost(store: &Store) -> Result<Option<String>> {
 }
 
 /// Finish a purge that was cut off ([`crate::gc::finish_purge`]), then append records for
-/// unjournaled trash items; returns how many.
+/// unjournaled trash items; returns how many. Does nothing when the journal was lost
+/// ([`journal_lost`]): dating those items in a past nothing else is known of would make
+/// restores to it wrong; `saferoot doctor --repair` ([`recover_all`]) bounds the history first.
 pub fn recover(store: &Store) -> Result<usize> {
+    if journal_lost(store)?.is_some() {
+        return Ok(0);
+    }
+    recover_all(store)
+}
+
+/// [`recover`], even when the journal was lost (`doctor --repair`, which then sets the
+/// oldest restorable instant to the repair).
+pub fn recover_all(store: &Store) -> Result<usize> {
     crate::gc::finish_purge(store)?;
     let found = orphans(store)?;
     for r in &found {
@@ -280,6 +291,10 @@ mod tests {
             .divert_to_trash(root.as_fd(), OsStr::new("b"), Path::new("b"), when)
             .unwrap();
         // The journal already forgot "a" (purged); "b" is an ordinary orphan.
+        store
+            .journal()
+            .append(&Record::new(when - 1, Op::Mount, ".", 1, "saferoot"))
+            .unwrap();
         let mut list = Vec::new();
         list.extend_from_slice(ta.as_os_str().as_encoded_bytes());
         list.push(0);

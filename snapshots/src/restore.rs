@@ -807,6 +807,9 @@ impl Past {
         let (mut records, report) = journal::read(store.dir(), store.dir_path())?;
         records.sort_by_key(|r| r.t);
         let Some(first_t) = records.first().map(|r| r.t) else {
+            if let Some(why) = crate::recover::journal_lost(store)? {
+                return Err(Error::Invalid(why));
+            }
             return Err(Error::Invalid(
                 "no history yet: nothing has been recorded for this directory".into(),
             ));
