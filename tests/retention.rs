@@ -504,3 +504,46 @@ fn a_purge_keeps_an_object_another_path_takes_meanwhile() {
     assert_ok(&p.run(&["restore", "--to", out.to_str().unwrap(), &before_g]));
     assert_eq!(std::fs::read(out.join("g")).unwrap(), b"SECRET2\n");
 }
+
+/// A purge cut off after its journal rewrite (simulated: the purged trash item and object put
+/// back, with the purge's list): doctor names it, and --repair finishes it.
+#[test]
+fn a_purge_cut_off_is_named_and_finished() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    p.mount();
+    assert_ok(&p.sh("echo SECRET=1 > s.env && echo SECRET=2 > s.env && rm s.env"));
+    p.umount();
+    let store = p.dir().join(".saferoot");
+    let kept: Vec<String> = files_containing(&store, b"SECRET=")
+        .into_iter()
+        .filter(|f| f.contains("/trash/") || f.contains("/objects/"))
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let saved: Vec<(String, Vec<u8>)> = kept
+        .iter()
+        .map(|f| (f.clone(), std::fs::read(f).unwrap()))
+        .collect();
+    assert_ok(&p.run(&["trash", "purge", "--yes", "s.env"]));
+    let mut list = Vec::new();
+    for (f, bytes) in &saved {
+        std::fs::create_dir_all(Path::new(f).parent().unwrap()).unwrap();
+        std::fs::write(f, bytes).unwrap();
+        list.extend_from_slice(
+            f.strip_prefix(&format!("{}/", store.display()))
+                .unwrap()
+                .as_bytes(),
+        );
+        list.push(0);
+    }
+    std::fs::write(store.join("purging"), &list).unwrap();
+    let o = p.run(&["doctor", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("purge-unfinished"), "{}", stdout(&o));
+    assert_ok(&p.run(&["doctor", "--repair"]));
+    assert_eq!(files_containing(&store, b"SECRET="), Vec::<String>::new());
+    assert!(!store.join("purging").exists());
+    assert_healthy(&p, "after the repair");
+}

@@ -488,6 +488,21 @@ pub fn check(store: &Store, opts: &Options, progress: &mut dyn FnMut(Progress)) 
         );
     }
 
+    // A purge cut off part-way: what it was deleting is still there.
+    let purging = crate::gc::purging_list(store);
+    if !purging.is_empty() {
+        c.problems.push(Problem {
+            kind: "purge-unfinished",
+            file: sp.join(crate::gc::PURGING_FILE),
+            detail: format!(
+                "a `saferoot trash purge` was cut off: of the {} file(s) it lists, those the \
+                 journal no longer names are still there; a repair, the next mount, gc or purge \
+                 deletes them",
+                purging.len()
+            ),
+        });
+    }
+
     // Trash items no record refers to (only a journal that reads can say).
     let orphans = match c.unrepairable.is_empty() {
         true => recover::orphans(store)?,

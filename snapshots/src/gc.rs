@@ -166,6 +166,10 @@ pub fn gc(store: &Store, opts: &Options) -> Result<Report> {
     } else {
         Some(store.exclusive()?)
     };
+    if !opts.dry_run {
+        // A purge cut off part-way: finish it first (what it deleted is not history to keep).
+        finish_purge(store)?;
+    }
     let mut report = gc_round(store, opts)?;
     let mut last_dropped = report.records_dropped;
     for _ in 1..GC_ROUNDS {
@@ -765,11 +769,16 @@ pub const PURGING_FILE: &str = "purging";
 /// How long after its pin an object a purge deletes may still be on its way into a record.
 const PURGE_PIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Write [`PURGING_FILE`] (fsynced) naming `items`.
-fn write_purging(store: &Store, items: &[PathBuf]) -> Result<()> {
+/// Write [`PURGING_FILE`] (fsynced) naming `items` (trash items) and the `objects`.
+fn write_purging(store: &Store, items: &[PathBuf], objects: &[String]) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let mut buf = Vec::new();
-    for p in items {
+    let objects: Vec<PathBuf> = objects
+        .iter()
+        .filter(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+        .map(|h| object_rel(h))
+        .collect();
+    for p in items.iter().chain(&objects) {
         buf.extend_from_slice(p.as_os_str().as_bytes());
         buf.push(0);
     }
@@ -823,15 +832,41 @@ pub fn finish_purge(store: &Store) -> Result<usize> {
     }
     let (records, _) = journal::read(store.dir(), store.dir_path())?;
     let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
+    let objects: HashSet<PathBuf> = records
+        .iter()
+        .filter_map(|r| r.object.as_deref())
+        .filter(|h| h.len() == 64)
+        .map(object_rel)
+        .collect();
     let mut n = 0;
     for p in &listed {
-        if !p.starts_with(TRASH_DIR) || related(&known, p) || journal_path_unsafe(p) {
+        if p.starts_with(TRASH_DIR) {
+            if !related(&known, p) && !journal_path_unsafe(p) && remove_tree(store.dir(), p).is_ok()
+            {
+                prune_empty_parents(store.dir(), p);
+                n += 1;
+            }
             continue;
         }
-        if remove_tree(store.dir(), p).is_ok() {
-            prune_empty_parents(store.dir(), p);
+        // objects/<2 hex>/<62 hex>: one no record names, and not named in the last moments
+        // for a record on its way (in the daemon).
+        let hex: String = p
+            .components()
+            .skip(1)
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect();
+        if p.starts_with(OBJECTS_DIR)
+            && hex.len() == 64
+            && !objects.contains(p)
+            && store
+                .remove_object_pinned_before(&hex, PURGE_PIN_GRACE)
+                .is_some()
+        {
             n += 1;
         }
+    }
+    if n > 0 {
+        let _ = crate::index::prune(store);
     }
     let _ = nix::unistd::unlinkat(store.dir(), PURGING_FILE, UnlinkatFlags::NoRemoveDir);
     Ok(n)
@@ -858,6 +893,9 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
     } else {
         Some(store.exclusive()?)
     };
+    if !dry_run {
+        finish_purge(store)?;
+    }
     let buf = read_journal(store)?;
     let mut report = PurgeReport {
         dry_run,
@@ -917,7 +955,7 @@ pub fn purge(store: &Store, paths: &[PathBuf], dry_run: bool) -> Result<PurgeRep
         // Before the journal stops naming them: the trash items to delete, so that a purge
         // cut off part-way is finished by the next recovery instead of its leftovers being
         // taken for unjournaled removals and brought back ([`crate::recover`]).
-        write_purging(store, &purged_trash)?;
+        write_purging(store, &purged_trash, &purged_objects)?;
         Ok(out)
     });
     if let Err(e) = rewritten {
