@@ -373,6 +373,27 @@ fn gc_round(store: &Store, opts: &Options) -> Result<Report> {
                 human_bytes(report.size_after - cap)
             ));
         }
+        // Objects no record names, kept only because the daemon wrote them lately (a record
+        // may still be on its way to them): say so, they are what a later run frees.
+        let held: Vec<u64> = unreferenced_objects(store, &kept_objects)
+            .iter()
+            .filter(|h| store.is_pinned(h))
+            .filter_map(|h| {
+                nix::sys::stat::fstatat(store.dir(), &object_rel(h), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .ok()
+                    .map(|st| st.st_blocks as u64 * 512)
+            })
+            .collect();
+        if !held.is_empty() {
+            if let Some(why) = report.cap_unmet.as_mut() {
+                why.push_str(&format!(
+                    "; {} object(s) ({}) that the daemon wrote in the last ten minutes, and no \
+                     record names any more, are kept until then: a later gc frees them",
+                    held.len(),
+                    human_bytes(held.iter().sum())
+                ));
+            }
+        }
     } else {
         report.cap_unmet = None;
     }
