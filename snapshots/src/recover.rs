@@ -59,17 +59,24 @@ pub fn journal_lost(store: &Store) -> Result<Option<String>> {
 /// ([`journal_lost`]): dating those items in a past nothing else is known of would make
 /// restores to it wrong; `saferoot doctor --repair` ([`recover_all`]) bounds the history first.
 pub fn recover(store: &Store) -> Result<usize> {
-    if journal_lost(store)?.is_some() {
+    let (records, _) = journal::read(store.dir(), store.dir_path())?;
+    if records.is_empty() && journal_lost(store)?.is_some() {
         return Ok(0);
     }
-    recover_all(store)
+    recover_with(store, &records)
 }
 
 /// [`recover`], even when the journal was lost (`doctor --repair`, which then sets the
 /// oldest restorable instant to the repair).
 pub fn recover_all(store: &Store) -> Result<usize> {
+    let (records, _) = journal::read(store.dir(), store.dir_path())?;
+    recover_with(store, &records)
+}
+
+/// [`recover_all`] with the journal's `records` read already.
+fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
     crate::gc::finish_purge(store)?;
-    let found = orphans(store)?;
+    let found = orphans_in(store, records)?;
     for r in &found {
         store.journal().append(r)?;
     }
@@ -82,18 +89,23 @@ pub fn recover_all(store: &Store) -> Result<usize> {
 /// The records [`recover`] would append: one for every trash item no record refers to.
 pub fn orphans(store: &Store) -> Result<Vec<Record>> {
     let (records, _) = journal::read(store.dir(), store.dir_path())?;
+    orphans_in(store, &records)
+}
+
+/// [`orphans`], given the journal's `records`.
+fn orphans_in(store: &Store, records: &[Record]) -> Result<Vec<Record>> {
     let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
     // The newest record of a change to each existing file (not one that made the name: a
     // file created after the removal must stay after it).
     let mut latest: std::collections::HashMap<&Path, i64> = std::collections::HashMap::new();
-    for r in &records {
+    for r in records {
         if matches!(r.op, Op::Write | Op::Append | Op::Close | Op::Setattr) {
             let e = latest.entry(r.path.as_path()).or_insert(r.t);
             *e = (*e).max(r.t);
         }
     }
     // Items older than where history now starts are what an interrupted `gc` left to delete.
-    let horizon = journal::horizon(&records).map_or(i64::MIN, |(h, _)| h);
+    let horizon = journal::horizon(records).map_or(i64::MIN, |(h, _)| h);
     // A purge cut off part-way names what it was deleting: never recover those.
     let purging: HashSet<PathBuf> = crate::gc::purging_list(store).into_iter().collect();
     let is_known = |rel: &Path| {

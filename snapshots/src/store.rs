@@ -293,20 +293,7 @@ impl Store {
     /// Delete the object `hex` unless it was pinned lately (a record about to refer to it).
     /// Returns the bytes freed, `None` if it was kept or absent.
     pub fn remove_object(&self, hex: &str) -> Option<u64> {
-        let p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
-        if Self::pinned_in(&p, hex) {
-            return None;
-        }
-        let rel = object_rel(hex);
-        let st =
-            nix::sys::stat::fstatat(self.dir.as_fd(), &rel, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
-        nix::unistd::unlinkat(
-            self.dir.as_fd(),
-            &rel,
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        )
-        .ok()?;
-        Some(st.st_blocks as u64 * 512)
+        self.remove_object_pinned_before(hex, PIN_FOR)
     }
 
     /// How long ago this process pinned `hex`, if it did within [`PIN_FOR`].
@@ -344,11 +331,7 @@ impl Store {
     /// `hex` was named by this process a moment ago and is about to be journaled: collection
     /// leaves it alone ([`Store::remove_object`]).
     pub fn is_pinned(&self, hex: &str) -> bool {
-        Self::pinned_in(&self.pinned.lock().unwrap_or_else(|p| p.into_inner()), hex)
-    }
-
-    fn pinned_in(pinned: &HashMap<String, std::time::Instant>, hex: &str) -> bool {
-        pinned.get(hex).is_some_and(|at| at.elapsed() < PIN_FOR)
+        self.pinned_since(hex).is_some()
     }
 
     /// Bytes added to the trash and objects since the store was opened.
