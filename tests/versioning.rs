@@ -1892,3 +1892,102 @@ for i in range(3):
     }
     p.umount();
 }
+
+/// An append (`>>`) ends its session when close(2) returns, like any writer: the kernel's
+/// release comes later, and the session was dated at it (an instant right after the close
+/// restored the bytes from before the append).
+#[test]
+fn an_append_ends_its_session_at_its_close() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    for i in 0..30 {
+        std::fs::write(p.dir().join(format!("a{i}")), b"old\n").unwrap();
+    }
+    p.mount();
+    let script = r#"
+import os, time
+for i in range(30):
+    fd = os.open(f'a{i}', os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b'new\n')
+    os.close(fd)
+    print(f'a{i}', time.time_ns())
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(p.dir())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let log = p.log_json();
+    for l in stdout(&o).lines() {
+        let (f, t) = l.split_once(' ').unwrap();
+        let t: i64 = t.parse().unwrap();
+        let ends: Vec<i64> = log
+            .iter()
+            .filter(|r| r["op"] == "close" && r["path"] == f)
+            .map(|r| r["t_ns"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ends.len(), 1, "{f}: {ends:?}");
+        assert!(
+            ends[0] <= t,
+            "{f}: the session ended {} ns after its close",
+            ends[0] - t
+        );
+    }
+    p.umount();
+}
+
+/// A truncate by path after the writer closed its descriptor, while a forked child keeps a
+/// copy and writes later: the child's bytes never show at an instant before it wrote (the
+/// truncate ended the session and nothing covered the child's writes).
+#[test]
+fn a_truncate_beside_a_surviving_descriptor_keeps_later_writes_out_of_earlier_instants() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    std::fs::write(p.dir().join("f"), b"OLD\n").unwrap();
+    p.mount();
+    let script = r#"
+import os, sys, time
+fd = os.open('f', os.O_RDWR)
+os.write(fd, b'AAAA')
+pid = os.fork()
+if pid == 0:
+    time.sleep(0.8)
+    os.pwrite(fd, b'ZZZZZZ', 0)
+    os._exit(0)
+os.close(fd)
+time.sleep(0.1)
+os.truncate('f', 2)
+time.sleep(0.1)
+print(time.time_ns(), flush=True)
+os.waitpid(pid, 0)
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(p.dir())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let t2: i64 = stdout(&o).trim().parse().unwrap();
+    tick();
+    assert_eq!(std::fs::read(p.dir().join("f")).unwrap(), b"ZZZZZZ");
+    let secs = t2.div_euclid(1_000_000_000);
+    let at = format!(
+        "{}.{:09}Z",
+        chrono::DateTime::from_timestamp(secs, 0)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S"),
+        t2.rem_euclid(1_000_000_000)
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("o");
+    assert_ok(&p.run(&["restore", "--to", out.to_str().unwrap(), &at]));
+    let got = std::fs::read(out.join("f")).unwrap();
+    // Inside the session the truncate began: the bytes from before it.
+    assert_eq!(String::from_utf8_lossy(&got), "AAAA", "at {at}");
+    p.umount();
+}

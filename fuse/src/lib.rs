@@ -78,7 +78,6 @@ struct OpenFile {
     /// The node this handle is counted as a writer of, if it was opened for writing.
     writer_of: Option<Arc<Node>>,
     /// The end of the write session was journaled through this handle.
-    close_journaled: std::sync::atomic::AtomicBool,
     /// The node in whose `direct` handles this one is counted (served with direct I/O).
     direct_of: Mutex<Option<Arc<Node>>>,
     /// A writer handle a close(2) was seen for (counted in its node's `Writers::flushed`).
@@ -91,7 +90,6 @@ impl OpenFile {
             fd,
             backing_of: Mutex::new(None),
             writer_of,
-            close_journaled: std::sync::atomic::AtomicBool::new(false),
             direct_of: Mutex::new(None),
             flushed: std::sync::atomic::AtomicBool::new(false),
         })
@@ -184,6 +182,18 @@ const DIR_CURSORS_MAX: usize = 256;
 /// Pairs of names remembered in `Shared::link_peers`; beyond this, the oldest are forgotten
 /// (all at once: a removal then just copies, as before).
 const LINK_PEERS_MAX: usize = 65_536;
+
+/// How soon after the last close(2) of a session's writers their release must come for the
+/// session to be dated at that close ([`Shared::close_time`]).
+const CLOSE_GRACE_NS: i64 = 250_000_000;
+
+/// A handle a request came through is in use, whatever close(2) was seen for it before (a
+/// descriptor of it lives on elsewhere: a child, a duplicate): it no longer counts as closed.
+fn revive(w: &mut crate::node::Writers, file: &OpenFile) {
+    if file.flushed.swap(false, Ordering::Relaxed) {
+        w.flushed = w.flushed.saturating_sub(1);
+    }
+}
 
 /// What tells whether a file changed: size, mtime and ctime (seconds and nanoseconds).
 fn file_sig(st: &FileStat) -> [i64; 5] {
@@ -476,10 +486,8 @@ impl Shared {
             return Err(Errno::ESTALE);
         }
         self.settle(req, node, &mut w);
-        let new_session = w.n == 0 || node.session_closed.swap(false, Ordering::Relaxed);
-        if new_session {
-            w.last_flush = None;
-        }
+        // Nothing changes until what the new session needs is kept (it may fail).
+        let new_session = w.n == 0 || node.session_closed.load(Ordering::Relaxed);
         if node.fmt != libc::S_IFREG || keep == Keep::No {
             if new_session {
                 w.kept = true;
@@ -492,6 +500,10 @@ impl Shared {
         } else if keep == Keep::Yes && (new_session || !w.kept) {
             self.keep_preimage(req, node)?;
             w.kept = true;
+        }
+        if new_session {
+            node.session_closed.store(false, Ordering::Relaxed);
+            w.last_flush = None;
         }
         w.n += 1;
         Ok(())
@@ -540,31 +552,25 @@ impl Shared {
             return Ok(());
         };
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+        revive(&mut w, file);
         if w.n > 0 && !w.kept && below < w.base {
             self.keep_preimage(req, node)?;
             w.kept = true;
-            // A close(2) of one descriptor may have ended the session already while a
-            // duplicate of it stays open and goes on writing (a child that exited): this
-            // record begins a new one, which the last close of this handle ends.
-            if node.session_closed.swap(false, Ordering::Relaxed) {
-                file.close_journaled.store(false, Ordering::Relaxed);
-            }
         }
         Ok(())
     }
 
     /// A writer of `node` closed. When the last one of a versioned file closes, journal the
     /// end of the write session.
-    fn end_write(&self, req: &Request, node: &Node, file: &OpenFile) {
+    fn end_write(&self, req: &Request, node: &Node, flushed: bool) {
         let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
         w.n = w.n.saturating_sub(1);
-        if file.flushed.load(Ordering::Relaxed) {
+        if flushed {
             w.flushed = w.flushed.saturating_sub(1);
         }
         if w.n == 0 {
             if !node.session_closed.swap(false, Ordering::Relaxed) {
                 let t = self.close_time(node, &w);
-                file.close_journaled.store(true, Ordering::Relaxed);
                 self.journal_close(req, node, t);
             }
             w.flushed = 0;
@@ -572,13 +578,21 @@ impl Shared {
         }
     }
 
-    /// The instant a write session of `node` ended: its last close(2), if the file has not
-    /// changed since (no write through a descriptor still open elsewhere, such as a
-    /// duplicate a child kept or a shared mapping); else now.
+    /// The instant a write session of `node` ended: its last close(2), if that was a moment
+    /// ago ([`CLOSE_GRACE_NS`]: longer, something held the file without a descriptor, such as
+    /// a shared mapping, whose stores to pages already dirty change no file time) and the file
+    /// has not changed since (a write through a descriptor still open elsewhere, such as a
+    /// duplicate a child kept); else now.
     fn close_time(&self, node: &Node, w: &crate::node::Writers) -> i64 {
+        let now = now_ns();
         match w.last_flush {
-            Some((t, sig)) if self.stat_node(node).is_ok_and(|st| file_sig(&st) == sig) => t,
-            _ => now_ns(),
+            Some((t, sig))
+                if now.saturating_sub(t) < CLOSE_GRACE_NS
+                    && self.stat_node(node).is_ok_and(|st| file_sig(&st) == sig) =>
+            {
+                t
+            }
+            _ => now,
         }
     }
 
@@ -1986,7 +2000,19 @@ impl Filesystem for SaferootFs {
             let mut kept = None;
             if let Some(sz) = size.filter(|&sz| versioned && sz as i64 != before.st_size) {
                 let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(f) = open.as_ref().filter(|f| f.writer_of.is_some()) {
+                    revive(&mut w, f);
+                }
                 s.settle(req, &node, &mut w);
+                if w.n > 0 && node.session_closed.load(Ordering::Relaxed) {
+                    // Every writer handle saw a close(2), but one is not released: a
+                    // descriptor of it may live on elsewhere and write after this change. A
+                    // new session covers that; its last release ends it.
+                    s.keep_preimage(req, &node)?;
+                    w.kept = true;
+                    w.last_flush = None;
+                    node.session_closed.store(false, Ordering::Relaxed);
+                }
                 let in_session = w.n > 0 && !node.session_closed.load(Ordering::Relaxed);
                 if !in_session {
                     kept = Some(s.preimage_node(&node)?.0);
@@ -2440,8 +2466,8 @@ impl Filesystem for SaferootFs {
                 if trunc {
                     if let Err(e) = nix::unistd::ftruncate(fd.as_fd(), 0) {
                         if let Some(n) = &writer_of {
-                            let mut w = n.writers.lock().unwrap_or_else(|p| p.into_inner());
-                            w.n = w.n.saturating_sub(1);
+                            // As a release of this handle: the session may end here.
+                            s.end_write(req, n, false);
                         }
                         return Err(errno(e));
                     }
@@ -2469,14 +2495,12 @@ impl Filesystem for SaferootFs {
             Ok::<_, Errno>((node, file, fh, direct))
         })();
         match r {
-            Ok((node, file, fh, appender)) => {
+            Ok((node, file, fh, _direct)) => {
                 // A handle that cannot write has nothing to do at close(2) (no write session to
                 // end, no delayed write error; POSIX locks are the kernel's): spare the round
-                // trip of a FLUSH request on every close of a file opened for reading. Nor
-                // has an append-only writer whose session kept nothing: its writes are done
-                // when they return, and its session ends when the kernel releases the handle
-                // (the shell's `>>` closes a duplicate first, which would end it early).
-                let noflush = if file.writer_of.is_none() || appender {
+                // trip of a FLUSH request on every close of a file opened for reading. Writers,
+                // appenders included, get it: it dates the end of their session.
+                let noflush = if file.writer_of.is_none() {
                     FopenFlags::FOPEN_NOFLUSH
                 } else {
                     FopenFlags::empty()
@@ -2632,7 +2656,8 @@ impl Filesystem for SaferootFs {
                 self.shared.release_direct(&n);
             }
             if let Some(w) = f.writer_of.as_ref() {
-                self.shared.end_write(req, w, f);
+                self.shared
+                    .end_write(req, w, f.flushed.load(Ordering::Relaxed));
                 // Writes through a shared mapping of a passthrough file change the real file's
                 // size and times without the kernel updating the attributes it caches (RELEASE
                 // comes after the last munmap).

@@ -66,10 +66,11 @@ pub struct Node {
     /// write; answering from here saves reopening the inode each time. Only this daemon can
     /// add one (through setxattr, which clears this).
     pub no_caps: AtomicBool,
-    /// The last writer's close(2) ended the write session, but the kernel has not released its
-    /// handle yet (release comes later, asynchronously): a new open for writing starts a new
-    /// session and must keep a pre-image even though `writers` is not 0. Changed under the
-    /// `writers` lock.
+    /// The write session's end is journaled (a close(2) was seen for every writer handle and
+    /// something needed the session over: `Shared::settle`), but the kernel has not released
+    /// every handle yet (release comes later, asynchronously): a new open for writing starts
+    /// a new session and must keep a pre-image even though `writers` is not 0. Changed under
+    /// the `writers` lock.
     pub session_closed: AtomicBool,
     /// An `O_PATH` descriptor of a directory removed through the mount while the kernel still
     /// knew it: its handle no longer opens, and `fstat` of a descriptor kept across the
