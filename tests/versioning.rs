@@ -1146,12 +1146,12 @@ os.truncate('tr', size)      # back to exactly the old end
 os.write(fd, b'end\n')
 os.close(fd)
 mark('tr')
-before = open('mid', 'rb').read()
 time.sleep(0.05)
 fd = os.open('mid', os.O_WRONLY | os.O_APPEND)
 os.write(fd, b'APPENDED\n')
 os.pwritev(fd, [b'@@'], 0, 0x20)   # RWF_NOAPPEND: forces a copy inside the session
-mark('mid', before)          # inside the session: as it began
+mark('mid')                  # after its last write: as that left it (every write of an
+                             # appender served by the daemon is seen; it ends the session)
 os.close(fd)
 mark('mid')
 buf = mmap.mmap(-1, 4096)

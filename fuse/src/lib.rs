@@ -85,6 +85,14 @@ struct OpenFile {
 }
 
 impl OpenFile {
+    /// Served with direct I/O: every read and write of it goes through the daemon.
+    fn is_direct(&self) -> bool {
+        self.direct_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     fn new(fd: OwnedFd, writer_of: Option<Arc<Node>>) -> Arc<OpenFile> {
         Arc::new(OpenFile {
             fd,
@@ -2495,12 +2503,13 @@ impl Filesystem for SaferootFs {
             Ok::<_, Errno>((node, file, fh, direct))
         })();
         match r {
-            Ok((node, file, fh, _direct)) => {
+            Ok((node, file, fh, direct)) => {
                 // A handle that cannot write has nothing to do at close(2) (no write session to
                 // end, no delayed write error; POSIX locks are the kernel's): spare the round
-                // trip of a FLUSH request on every close of a file opened for reading. Writers,
-                // appenders included, get it: it dates the end of their session.
-                let noflush = if file.writer_of.is_none() {
+                // trip of a FLUSH request on every close of a file opened for reading. Nor does
+                // an append-only writer served with direct I/O: every write of it reaches the
+                // daemon, which dates the end of its session at the last one (`write`).
+                let noflush = if file.writer_of.is_none() || direct {
                     FopenFlags::FOPEN_NOFLUSH
                 } else {
                     FopenFlags::empty()
@@ -2599,6 +2608,14 @@ impl Filesystem for SaferootFs {
                     break;
                 }
                 done += n;
+            }
+            // Every write of a handle served with direct I/O comes here (no FLUSH for it, see
+            // `open`): the file is as this write left it until something else changes it.
+            if let (Some(node), true) = (&f.writer_of, f.is_direct()) {
+                if let Ok(st) = nix::sys::stat::fstat(f.fd.as_fd()) {
+                    let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
+                    w.last_flush = Some((now_ns(), file_sig(&st)));
+                }
             }
             Ok::<_, Errno>(done as u32)
         })();
