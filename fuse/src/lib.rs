@@ -593,7 +593,7 @@ impl Shared {
     /// duplicate a child kept); else now.
     fn close_time(&self, node: &Node, w: &crate::node::Writers) -> i64 {
         let now = now_ns();
-        match w.last_flush {
+        match w.last_flush.as_deref().copied() {
             Some((t, sig))
                 if now.saturating_sub(t) < CLOSE_GRACE_NS
                     && self.stat_node(node).is_ok_and(|st| file_sig(&st) == sig) =>
@@ -629,7 +629,7 @@ impl Shared {
             w.flushed += 1;
         }
         if let Ok(st) = self.stat_node(node) {
-            w.last_flush = Some((now_ns(), file_sig(&st)));
+            w.last_flush = Some(Box::new((now_ns(), file_sig(&st))));
         }
     }
 
@@ -2614,7 +2614,7 @@ impl Filesystem for SaferootFs {
             if let (Some(node), true) = (&f.writer_of, f.is_direct()) {
                 if let Ok(st) = nix::sys::stat::fstat(f.fd.as_fd()) {
                     let mut w = node.writers.lock().unwrap_or_else(|p| p.into_inner());
-                    w.last_flush = Some((now_ns(), file_sig(&st)));
+                    w.last_flush = Some(Box::new((now_ns(), file_sig(&st))));
                 }
             }
             Ok::<_, Errno>(done as u32)

@@ -97,7 +97,7 @@ pub struct Writers {
     /// When the last close(2) of a writer of this session was seen, and the file's size,
     /// mtime and ctime then: if they have not changed since, the session ended at that
     /// instant (see `Shared::close_time`).
-    pub last_flush: Option<(i64, [i64; 5])>,
+    pub last_flush: Option<Box<(i64, [i64; 5])>>,
     /// The session's old bytes are kept, or need no keeping (a new file, a scratch file).
     /// False only in an append-only session that has not kept them yet: its writers can only
     /// add bytes at or after `base`, and anything else (a write below `base`, a truncate, a
