@@ -305,8 +305,14 @@ fn call_once(
                     .to_owned()
             })
             .unwrap_or_default();
+        // A daemon that died has no command line left (a zombie, or gone): say so.
+        let who = if cmdline.is_empty() {
+            format!("pid {peer}, which has exited")
+        } else {
+            format!("pid {peer}: {cmdline}")
+        };
         return Err(Unanswered(format!(
-            "the saferoot daemon (pid {peer}: {cmdline}) closed the connection without answering"
+            "the saferoot daemon ({who}) closed the connection without answering"
         ))
         .into());
     }
