@@ -46,6 +46,16 @@ fn doctor_json(p: &Project, args: &[&str]) -> (i32, serde_json::Value) {
     (o.status.code().unwrap_or(-1), v)
 }
 
+/// The `kind` of each problem `doctor --json` reported, in order.
+fn problem_kinds(v: &serde_json::Value) -> Vec<&str> {
+    v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect()
+}
+
 fn fails_with(o: &std::process::Output, parts: &[&str]) {
     assert!(
         !o.status.success(),
@@ -204,13 +214,11 @@ fn middle_damage_and_a_flipped_object_are_named_bounded_and_repaired() {
     p.mount();
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!(code, 1, "{v}");
-    let kinds: Vec<&str> = v["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["journal-damaged", "object-damaged"], "{v}");
+    assert_eq!(
+        problem_kinds(&v),
+        ["journal-damaged", "object-damaged"],
+        "{v}"
+    );
     fails_with(
         &p.run(&["doctor", "--repair"]),
         &["unmount first: saferoot umount"],
@@ -590,13 +598,7 @@ fn a_deleted_journal_is_named_and_bounds_every_restore() {
     );
     let (code, v) = doctor_json(&p, &[]);
     assert_eq!(code, 1, "{v}");
-    let kinds: Vec<&str> = v["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["kind"].as_str().unwrap())
-        .collect();
-    assert!(kinds.contains(&"journal-missing"), "{kinds:?}");
+    assert!(problem_kinds(&v).contains(&"journal-missing"), "{v}");
     let (code, v) = doctor_json(&p, &["--repair"]);
     assert_eq!(code, 0, "{v}");
     let (code, v) = doctor_json(&p, &[]);

@@ -1793,6 +1793,27 @@ with open('f', 'a') as f:
     p.umount();
 }
 
+/// Each line of `out` is `NAME NS`: a writer of NAME had finished closing it at NS (ns since
+/// the epoch). Its write session has exactly one `close` record, dated no later than that.
+fn assert_sessions_ended_by(p: &Project, out: &str) {
+    let log = p.log_json();
+    for l in out.lines() {
+        let (f, t) = l.split_once(' ').unwrap();
+        let t: i64 = t.parse().unwrap();
+        let ends: Vec<i64> = log
+            .iter()
+            .filter(|r| r["op"] == "close" && r["path"] == f)
+            .map(|r| r["t_ns"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ends.len(), 1, "{f}: {ends:?}");
+        assert!(
+            ends[0] <= t,
+            "{f}: the session ended {} ns after its last close",
+            ends[0] - t
+        );
+    }
+}
+
 /// Two writers of one file that close one right after the other: the session ends when the
 /// second close(2) returns, not when the kernel's asynchronous release of the handles comes
 /// (after the process may have exited), so a restore to an instant right after the closes
@@ -1823,33 +1844,8 @@ for i in range(40):
     for t in ts: t.join()
     print(f'f{i}', time.time_ns())
 "#;
-    let o = Command::new("python3")
-        .args(["-c", script])
-        .current_dir(p.dir())
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let closed: std::collections::HashMap<String, i64> = stdout(&o)
-        .lines()
-        .map(|l| {
-            let (f, t) = l.split_once(' ').unwrap();
-            (f.to_string(), t.parse().unwrap())
-        })
-        .collect();
-    let log = p.log_json();
-    for (f, t) in &closed {
-        let ends: Vec<i64> = log
-            .iter()
-            .filter(|r| r["op"] == "close" && r["path"] == f.as_str())
-            .map(|r| r["t_ns"].as_i64().unwrap())
-            .collect();
-        assert_eq!(ends.len(), 1, "{f}: {ends:?}");
-        assert!(
-            ends[0] <= *t,
-            "{f}: the session ended {} ns after its last close",
-            ends[0] - t
-        );
-    }
+    let out = python(&["-c".as_ref(), script.as_ref()], p.dir());
+    assert_sessions_ended_by(&p, &out);
     p.umount();
 }
 
@@ -1914,28 +1910,8 @@ for i in range(30):
     os.close(fd)
     print(f'a{i}', time.time_ns())
 "#;
-    let o = Command::new("python3")
-        .args(["-c", script])
-        .current_dir(p.dir())
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let log = p.log_json();
-    for l in stdout(&o).lines() {
-        let (f, t) = l.split_once(' ').unwrap();
-        let t: i64 = t.parse().unwrap();
-        let ends: Vec<i64> = log
-            .iter()
-            .filter(|r| r["op"] == "close" && r["path"] == f)
-            .map(|r| r["t_ns"].as_i64().unwrap())
-            .collect();
-        assert_eq!(ends.len(), 1, "{f}: {ends:?}");
-        assert!(
-            ends[0] <= t,
-            "{f}: the session ended {} ns after its close",
-            ends[0] - t
-        );
-    }
+    let out = python(&["-c".as_ref(), script.as_ref()], p.dir());
+    assert_sessions_ended_by(&p, &out);
     p.umount();
 }
 
@@ -1966,23 +1942,15 @@ time.sleep(0.1)
 print(time.time_ns(), flush=True)
 os.waitpid(pid, 0)
 "#;
-    let o = Command::new("python3")
-        .args(["-c", script])
-        .current_dir(p.dir())
-        .output()
+    let t2: i64 = python(&["-c".as_ref(), script.as_ref()], p.dir())
+        .trim()
+        .parse()
         .unwrap();
-    assert_ok(&o);
-    let t2: i64 = stdout(&o).trim().parse().unwrap();
     tick();
     assert_eq!(std::fs::read(p.dir().join("f")).unwrap(), b"ZZZZZZ");
-    let secs = t2.div_euclid(1_000_000_000);
-    let at = format!(
-        "{}.{:09}Z",
-        chrono::DateTime::from_timestamp(secs, 0)
-            .unwrap()
-            .format("%Y-%m-%dT%H:%M:%S"),
-        t2.rem_euclid(1_000_000_000)
-    );
+    let at = chrono::DateTime::from_timestamp_nanos(t2)
+        .format("%Y-%m-%dT%H:%M:%S%.9fZ")
+        .to_string();
     let scratch = tempfile::tempdir().unwrap();
     let out = scratch.path().join("o");
     assert_ok(&p.run(&["restore", "--to", out.to_str().unwrap(), &at]));

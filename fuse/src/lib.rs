@@ -607,7 +607,8 @@ impl Shared {
     /// When a close(2) has been seen for every writer handle of `node` still open (the
     /// kernel releases them asynchronously, after close returned), the session is over:
     /// journal its end, dated by [`Shared::close_time`], before anything that depends on it
-    /// (a new writer, a truncate by path, the removal of a second name).
+    /// (a new writer, a truncate). The removal of a second name only ignores such writers
+    /// (`unlink_second_name`); their release journals the end.
     fn settle(&self, req: &Request, node: &Node, w: &mut crate::node::Writers) {
         if w.n > 0 && w.flushed >= w.n && !node.session_closed.load(Ordering::Relaxed) {
             let t = self.close_time(node, w);
