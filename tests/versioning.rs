@@ -628,6 +628,115 @@ fn kill_9_during_rename_overs_never_swaps_names() {
     assert_same_tree(&before, &digest(&d));
 }
 
+/// A daemon that dies in the middle of a rename, just before it or just after it (before its
+/// record), leaves a journal that restore can trust: the next `umount` journals a rename that
+/// happened (with the removal of the entry it replaced) and puts back what was set aside for
+/// one that did not; restores to before it and to after it give exactly those trees. For a
+/// plain rename, a rename over a file, over an empty directory, and an exchange.
+#[test]
+fn a_rename_cut_off_by_a_crash_is_recovered_both_ways() {
+    if !fuse_available() {
+        return;
+    }
+    // (name, files and directories to make, the rename as python)
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("plain", &["a/f=A"], "os.rename('a/f', 'b/g')"),
+        ("over", &["a/f=A", "b/f=B"], "os.rename('a/f', 'b/f')"),
+        ("over-dir", &["a/d/x=X", "b/d/"], "os.rename('a/d', 'b/d')"),
+        (
+            "exchange",
+            &["a/f=A", "b/f=B"],
+            "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+             if libc.renameat2(-100, b'a/f', -100, b'b/f', 2) != 0:\n\
+             \x20   raise OSError(ctypes.get_errno(), 'renameat2')",
+        ),
+    ];
+    for point in ["before-rename", "after-rename"] {
+        for (case, entries, script) in cases {
+            let what = format!("{case}, daemon stopped {point}");
+            let p = Project::empty();
+            let d = p.dir().to_owned();
+            std::fs::create_dir_all(d.join("a")).unwrap();
+            std::fs::create_dir_all(d.join("b")).unwrap();
+            for e in entries {
+                match e.split_once('=') {
+                    Some((f, body)) => {
+                        std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+                        std::fs::write(d.join(f), body).unwrap();
+                    }
+                    None => std::fs::create_dir_all(d.join(e)).unwrap(),
+                }
+            }
+            let before = digest(&d);
+            // The rename done natively on a copy: the tree it must leave.
+            let native = Project::empty();
+            let cp = Command::new("cp")
+                .args(["-a", &format!("{}/.", d.display())])
+                .arg(native.dir())
+                .status()
+                .unwrap();
+            assert!(cp.success());
+            let o = Command::new("python3")
+                .args(["-c", &format!("import os\n{script}")])
+                .current_dir(native.dir())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{what}: {o:?}");
+            let after = digest(native.dir());
+            assert_ne!(before, after, "{what}: the rename changes the tree");
+
+            let o = Command::new(bin())
+                .arg("mount")
+                .current_dir(&d)
+                .env("SAFEROOT_TEST_FAULT", point)
+                .output()
+                .unwrap();
+            assert_ok(&o);
+            let pid = daemon_pid(&p);
+            tick();
+            let t0 = now_rfc3339();
+            tick();
+            // The daemon dies serving it: the caller sees an error (ENOTCONN).
+            let o = Command::new("python3")
+                .args(["-c", &format!("import os\n{script}")])
+                .current_dir(&d)
+                .output()
+                .unwrap();
+            assert!(!o.status.success(), "{what}: the rename should fail");
+            kill_daemon(pid);
+            assert_ok(&p.run(&["umount"]));
+            assert!(!is_mounted(&d), "{what}");
+            let recovered = digest(&d);
+            if point == "before-rename" {
+                assert_same_tree(&before, &recovered);
+                assert_eq!(trash_files(&d), 0, "{what}: nothing left in the trash");
+            } else {
+                assert_same_tree(&after, &recovered);
+                let log = p.log_json();
+                assert!(
+                    log.iter().any(|r| {
+                        matches!(r["op"].as_str(), Some("rename" | "exchange"))
+                            && r["note"]
+                                .as_str()
+                                .is_some_and(|n| n.starts_with("recovered"))
+                    }),
+                    "{what}: the rename is journaled as recovered: {log:?}"
+                );
+            }
+            tick();
+            let t1 = now_rfc3339();
+            tick();
+            assert_ok(&p.run(&["restore", &t0]));
+            assert_same_tree(&before, &digest(&d));
+            assert_ok(&p.run(&["restore", &t1]));
+            assert_same_tree(&recovered, &digest(&d));
+            // And it mounts again.
+            p.mount();
+            p.umount();
+        }
+    }
+}
+
 /// An instant taken right after close(2) returns sees the file as written: the end of a write
 /// session is journaled at close, not when the kernel's release comes later.
 #[test]

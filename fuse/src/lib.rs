@@ -168,6 +168,12 @@ pub struct Shared {
     notifier: std::sync::OnceLock<fuser::Notifier>,
     /// Live `saferoot run` sessions whose agents may not change protected paths.
     pub guard: guard::Guard,
+    /// Where each rename is written down before it is done (`None` if the file could not be
+    /// opened: renames are then recovered after a crash as they were without it).
+    inflight: Option<saferoot_snapshots::inflight::Inflight>,
+    /// `SAFEROOT_TEST_FAULT`: stop the daemon (SIGKILL) at a named point, for tests of crash
+    /// recovery. Never set in normal use.
+    fault: Option<String>,
 }
 
 pub struct SaferootFs {
@@ -282,6 +288,13 @@ impl SaferootFs {
             .unwrap_or(false);
         let table = Table::new(root)?;
         let indexer = Indexer::start(store.clone()).map_err(std::io::Error::other)?;
+        let inflight = match saferoot_snapshots::inflight::Inflight::open(&store) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!("renames will not be written down before they are done: {e}");
+                None
+            }
+        };
         Ok(SaferootFs {
             shared: Arc::new(Shared {
                 table,
@@ -301,6 +314,8 @@ impl SaferootFs {
                 dirs: RwLock::new(HashMap::new()),
                 notifier: std::sync::OnceLock::new(),
                 guard: guard::Guard::default(),
+                inflight,
+                fault: std::env::var("SAFEROOT_TEST_FAULT").ok(),
             }),
         })
     }
@@ -402,6 +417,33 @@ impl Shared {
         }
         c.insert(pid, (now, s.clone()));
         s
+    }
+
+    /// Write down what a rename is about to journal, before doing it (see
+    /// [`saferoot_snapshots::inflight`]).
+    fn intend(&self, req: &Request, rename: &Record, kept: Option<&Record>) {
+        let Some(f) = &self.inflight else { return };
+        let pid = req.pid();
+        let comm = self.comm(pid);
+        f.intend(&saferoot_snapshots::inflight::Intent {
+            rename: Record {
+                pid,
+                comm: comm.clone(),
+                ..rename.clone()
+            },
+            kept: kept.map(|k| Record {
+                pid,
+                comm,
+                ..k.clone()
+            }),
+        });
+    }
+
+    /// For tests of crash recovery: die here if `SAFEROOT_TEST_FAULT` names this point.
+    fn fault_point(&self, point: &str) {
+        if self.fault.as_deref() == Some(point) {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
     }
 
     fn journal(&self, req: &Request, rec: Record) {
@@ -1070,6 +1112,12 @@ impl Shared {
         }
 
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            let base = Record {
+                op: Op::Exchange,
+                ..base
+            };
+            self.intend(req, &base, None);
+            self.fault_point("before-rename");
             nix::fcntl::renameat2(
                 pfd.fd(),
                 name,
@@ -1078,17 +1126,12 @@ impl Shared {
                 nix::fcntl::RenameFlags::RENAME_EXCHANGE,
             )
             .map_err(errno)?;
+            self.fault_point("after-rename");
             self.note_rename(&src, newparent.0, newname);
             if let Ok(dst) = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 self.note_rename(&dst, parent.0, name);
             }
-            self.journal(
-                req,
-                Record {
-                    op: Op::Exchange,
-                    ..base
-                },
-            );
+            self.journal(req, base);
             return Ok(());
         }
 
@@ -1109,6 +1152,8 @@ impl Shared {
             other => other,
         };
         let Some(dst) = dst else {
+            self.intend(req, &base, None);
+            self.fault_point("before-rename");
             nix::fcntl::renameat2(
                 pfd.fd(),
                 name,
@@ -1117,6 +1162,7 @@ impl Shared {
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             )
             .map_err(errno)?;
+            self.fault_point("after-rename");
             self.note_rename(&src, newparent.0, newname);
             self.journal(req, base);
             return Ok(());
@@ -1134,7 +1180,10 @@ impl Shared {
             return Err(Errno::ENOTEMPTY);
         }
         let mut kept = self.keep_replaced(npfd.fd(), newname, &to_rel, &dst, t)?;
+        self.intend(req, &base, Some(&kept));
+        self.fault_point("before-rename");
         self.replace_with(&kept, &dst, (pfd.fd(), name), (npfd.fd(), newname))?;
+        self.fault_point("after-rename");
         self.note_rename(&src, newparent.0, newname);
         // Dated after the change: a write session of the replaced file that began before it
         // must come first in time, so that restore undoes the removal before the session.
@@ -1909,7 +1958,11 @@ impl Filesystem for SaferootFs {
 
     fn destroy(&mut self) {
         self.shared.finish_indexing();
-        let _ = self.shared.store.journal().sync();
+        if self.shared.store.journal().sync().is_ok() {
+            if let Some(f) = &self.shared.inflight {
+                f.clear();
+            }
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -283,7 +283,7 @@ pub fn horizon(records: &[Record]) -> Option<(i64, &Record)> {
         .max_by_key(|(t, _)| *t)
 }
 
-fn checksum(json: &[u8]) -> String {
+pub(crate) fn checksum(json: &[u8]) -> String {
     let h = blake3::hash(json);
     let mut s = String::with_capacity(16);
     for b in &h.as_bytes()[..8] {

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod gc;
 mod hashcache;
 pub mod index;
+pub mod inflight;
 pub mod journal;
 pub mod manifest;
 pub mod progress;

@@ -10,10 +10,13 @@
 //! second (so a restore to any instant before the deletion brings it back), and says it was
 //! recovered. Items a purge cut off part-way was deleting are deleted, not recovered.
 //!
-//! What this module does not do: guess which operation it was (a rename-over whose records
-//! were lost is recovered as the unlink of the replaced file; one interrupted before its rename
-//! left the file in place with a second name in the trash, which is skipped), or touch the trash.
+//! Renames the daemon wrote down before doing them ([`crate::inflight`]) are settled first: a
+//! rename that happened is journaled (with the removal of what it replaced), and what was set
+//! aside for one that did not is put back. Otherwise this module does not guess which
+//! operation an item came from (a trash name of a file that still has another link is skipped:
+//! a rename-over interrupted before its rename, from a daemon without intents).
 
+use crate::inflight;
 use crate::journal::{self, Kind, Op, Record};
 use crate::store::TRASH_DIR;
 use crate::{Result, Store};
@@ -76,25 +79,46 @@ pub fn recover_all(store: &Store) -> Result<usize> {
 /// [`recover_all`] with the journal's `records` read already.
 fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
     crate::gc::finish_purge(store)?;
-    let found = orphans_in(store, records)?;
-    for r in &found {
+    // Renames a dead daemon was in the middle of: journaled if done, undone if not. Never
+    // those of a live daemon (it holds the file's lock).
+    let pending = inflight::pending(store);
+    let horizon = journal::horizon(records).map_or(i64::MIN, |(h, _)| h);
+    let mut settled = Vec::new();
+    for i in pending.iter().flat_map(|p| &p.intents) {
+        if i.rename.t < horizon || inflight::journaled(records, i) {
+            continue;
+        }
+        if let inflight::Outcome::Happened(recs) = inflight::settle(store, records, i) {
+            settled.extend(recs);
+        }
+    }
+    let found = orphans_in(store, records, &settled)?;
+    for r in settled.iter().chain(&found) {
         store.journal().append(r)?;
     }
-    if !found.is_empty() {
+    let n = settled.len() + found.len();
+    if n > 0 {
         store.journal().sync()?;
     }
-    Ok(found.len())
+    if let Some(p) = pending {
+        p.done();
+    }
+    Ok(n)
 }
 
 /// The records [`recover`] would append: one for every trash item no record refers to.
 pub fn orphans(store: &Store) -> Result<Vec<Record>> {
     let (records, _) = journal::read(store.dir(), store.dir_path())?;
-    orphans_in(store, &records)
+    orphans_in(store, &records, &[])
 }
 
-/// [`orphans`], given the journal's `records`.
-fn orphans_in(store: &Store, records: &[Record]) -> Result<Vec<Record>> {
-    let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
+/// [`orphans`], given the journal's `records` and those about to be appended (`more`).
+fn orphans_in(store: &Store, records: &[Record], more: &[Record]) -> Result<Vec<Record>> {
+    let known: HashSet<PathBuf> = records
+        .iter()
+        .chain(more)
+        .filter_map(|r| r.trash.clone())
+        .collect();
     // The newest record of a change to each existing file (not one that made the name: a
     // file created after the removal must stay after it).
     let mut latest: std::collections::HashMap<&Path, i64> = std::collections::HashMap::new();

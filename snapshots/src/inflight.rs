@@ -1,0 +1,307 @@
+//! Renames in flight: what the daemon is about to rename, written down before it renames.
+//!
+//! A rename is journaled after it is done (the record must describe what happened). If the
+//! daemon dies between the rename and its record (`kill -9`, a crash), the journal does not
+//! know the name moved: a restore to an earlier instant would not move it back, and for a
+//! rename over an existing file, the recovered removal of the replaced file
+//! ([`crate::recover`]) would bring the old file back at the new name while the old name
+//! stayed missing.
+//!
+//! So before each rename the daemon's request thread writes the records it will journal into
+//! its own slot of `.saferoot/inflight` ([`Inflight::intend`]): one `pwrite` into the page
+//! cache, overwriting the thread's previous intent (which was journaled or never started).
+//! The daemon holds the file locked (`flock`) while it lives. After it died, recovery
+//! ([`pending`]) reads every slot and, for each intent the journal does not have, looks at the
+//! tree: if the entry now at the destination is the renamed inode the rename happened, and
+//! its records are journaled (dated at the rename: the moved inode's ctime); if not, it did
+//! not happen, and what was set aside for it (a second name in the trash for the file it
+//! would have replaced, or the empty directory moved into the trash) is put back.
+//!
+//! Slot format: at offset `slot * SLOT_BYTES`, one journal-style line (16 hex digits of
+//! blake3, a space, JSON of [`Intent`], a newline) followed by a NUL byte. A slot whose
+//! checksum does not match (a write cut off by the crash, which then came before the rename)
+//! is ignored.
+
+use crate::journal::{self, Record};
+use crate::{Error, Result, Store};
+use serde::{Deserialize, Serialize};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The file in the store directory.
+pub const INFLIGHT_FILE: &str = "inflight";
+/// Bytes per slot: room for two records with two paths of `PATH_MAX` each, escaped.
+pub const SLOT_BYTES: u64 = 64 * 1024;
+/// Slots read back by recovery (threads beyond this write no intent).
+const MAX_SLOTS: u64 = 256;
+
+/// What one rename is about to do: the records it will journal once done.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    /// The `rename` or `exchange` record (its `t`: before the rename; `ino`: the renamed inode).
+    pub rename: Record,
+    /// For a rename over an existing entry: the `unlink` record of the replaced entry, whose
+    /// `trash` item (or `object`) exists already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Record>,
+}
+
+/// The daemon's handle on `.saferoot/inflight`, locked for its lifetime.
+pub struct Inflight {
+    fd: OwnedFd,
+}
+
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static SLOT: u64 = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Inflight {
+    /// Open and lock the file for writing intents, emptied (run [`crate::recover::recover`]
+    /// first: it reads what a previous daemon left). Fails if another process holds it.
+    pub fn open(store: &Store) -> Result<Inflight> {
+        let path = store.dir_path().join(INFLIGHT_FILE);
+        let fd = nix::fcntl::openat(
+            store.dir(),
+            INFLIGHT_FILE,
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| Error::io("open", &path, e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::io("lock", &path, nix::errno::Errno::last()));
+        }
+        nix::unistd::ftruncate(fd.as_fd(), 0).map_err(|e| Error::io("truncate", &path, e))?;
+        Ok(Inflight { fd })
+    }
+
+    /// Write down, in this thread's slot, the records a rename is about to journal. Best
+    /// effort: a failure (a full disk cannot fail it once the slot's blocks exist) leaves
+    /// the rename as recoverable as it was without intents.
+    pub fn intend(&self, intent: &Intent) {
+        let slot = SLOT.with(|s| *s);
+        if slot >= MAX_SLOTS {
+            return;
+        }
+        let mut line = encode(intent);
+        if line.len() as u64 >= SLOT_BYTES {
+            return;
+        }
+        line.push(0);
+        let _ = nix::sys::uio::pwrite(&self.fd, &line, (slot * SLOT_BYTES) as i64);
+    }
+
+    /// Empty the file (a clean stop: every intent was journaled).
+    pub fn clear(&self) {
+        let _ = nix::unistd::ftruncate(self.fd.as_fd(), 0);
+    }
+}
+
+fn encode(intent: &Intent) -> Vec<u8> {
+    let json = serde_json::to_vec(intent).expect("intents always serialize");
+    let mut line = Vec::with_capacity(json.len() + 18);
+    line.extend_from_slice(journal::checksum(&json).as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    line
+}
+
+fn decode(slot: &[u8]) -> Option<Intent> {
+    let end = slot.iter().position(|&b| b == 0)?;
+    let line = slot[..end].strip_suffix(b"\n")?;
+    let (sum, json) = line.split_at_checked(16)?;
+    let json = json.strip_prefix(b" ")?;
+    if journal::checksum(json).as_bytes() != sum {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+/// The intents a daemon that died left behind, read under the file's lock (so never those of
+/// a live daemon: `None` then, and when there is no file). The lock is held until the
+/// returned [`Pending`] is dropped; [`Pending::done`] empties the file.
+pub fn pending(store: &Store) -> Option<Pending> {
+    let fd = nix::fcntl::openat(
+        store.dir(),
+        INFLIGHT_FILE,
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return None;
+    }
+    let len = nix::sys::stat::fstat(&fd).ok()?.st_size.max(0) as u64;
+    let mut intents = Vec::new();
+    let mut buf = vec![0u8; SLOT_BYTES as usize];
+    let mut off = 0;
+    while off < len.min(MAX_SLOTS * SLOT_BYTES) {
+        let n = nix::sys::uio::pread(&fd, &mut buf, off as i64).unwrap_or(0);
+        if let Some(i) = decode(&buf[..n]) {
+            intents.push(i);
+        }
+        off += SLOT_BYTES;
+    }
+    Some(Pending { fd, intents })
+}
+
+/// What [`pending`] found.
+pub struct Pending {
+    fd: OwnedFd,
+    pub intents: Vec<Intent>,
+}
+
+impl Pending {
+    /// Every intent was settled (journaled or undone): forget them.
+    pub fn done(self) {
+        let _ = nix::unistd::ftruncate(self.fd.as_fd(), 0);
+    }
+}
+
+/// How recovery settles one intent the journal lacks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The rename happened: journal these records.
+    Happened(Vec<Record>),
+    /// It did not: what was set aside for it was put back (or nothing was).
+    Undone,
+}
+
+/// Whether the journal `records` already have the intent's rename (same paths and inode,
+/// dated at or after the intent).
+pub fn journaled(records: &[Record], intent: &Intent) -> bool {
+    let r = &intent.rename;
+    records
+        .iter()
+        .rev()
+        .any(|j| j.op == r.op && j.t >= r.t && j.path == r.path && j.to == r.to && j.ino == r.ino)
+}
+
+/// Whether the journal `records` already have the intent's record of the replaced entry.
+fn kept_journaled(records: &[Record], kept: &Record) -> bool {
+    records.iter().rev().any(|j| {
+        j.op == kept.op
+            && j.t >= kept.t
+            && j.path == kept.path
+            && j.trash == kept.trash
+            && j.object == kept.object
+    })
+}
+
+fn lstat(store: &Store, rel: &Path) -> Option<nix::sys::stat::FileStat> {
+    if rel.as_os_str().is_empty() || rel.is_absolute() {
+        return None;
+    }
+    nix::sys::stat::fstatat(
+        store.project(),
+        rel,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .ok()
+}
+
+/// Settle one intent the journal lacks (see the module documentation). `records`: the
+/// journal as read, to skip a replaced entry's record that did land.
+pub fn settle(store: &Store, records: &[Record], intent: &Intent) -> Outcome {
+    let r = &intent.rename;
+    let Some(to) = r.to.as_deref() else {
+        return Outcome::Undone;
+    };
+    let now_at_to = lstat(store, to);
+    let happened = match (now_at_to.as_ref(), r.ino) {
+        (Some(st), Some(ino)) => st.st_ino == ino,
+        _ => false,
+    };
+    if happened {
+        // The rename set the moved inode's ctime: that is when it happened (never before the
+        // intent: file times come from a coarser clock).
+        let ctime = now_at_to
+            .map(|st| st.st_ctime.saturating_mul(1_000_000_000) + st.st_ctime_nsec)
+            .unwrap_or(r.t);
+        let t = ctime.clamp(r.t, crate::now_ns().max(r.t));
+        let note = "recovered: the daemon stopped after this rename, before journaling it";
+        let mut out = Vec::new();
+        if let Some(k) = &intent.kept {
+            if !kept_journaled(records, k) {
+                out.push(Record {
+                    t,
+                    note: Some(note.into()),
+                    ..k.clone()
+                });
+            }
+        }
+        out.push(Record {
+            t,
+            note: Some(note.into()),
+            ..r.clone()
+        });
+        return Outcome::Happened(out);
+    }
+    // Not done: put back what was set aside for the entry it would have replaced.
+    if let Some(k) = &intent.kept {
+        if let Some(tr) = &k.trash {
+            if let Some(st) = now_at_to {
+                // The replaced entry is still in place: its second name (or copy) in the
+                // trash stands for nothing.
+                if k.ino == Some(st.st_ino) {
+                    let _ = nix::unistd::unlinkat(
+                        store.dir(),
+                        tr,
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+            } else if nix::sys::stat::fstatat(
+                store.dir(),
+                tr,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            {
+                // An empty directory moved into the trash: back to its name.
+                let _ = nix::fcntl::renameat2(
+                    store.dir(),
+                    tr,
+                    store.project(),
+                    to,
+                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                );
+            }
+        }
+    }
+    Outcome::Undone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Op;
+
+    #[test]
+    fn slots_round_trip_and_reject_torn_writes() {
+        let i = Intent {
+            rename: Record {
+                to: Some("b/1".into()),
+                ino: Some(7),
+                ..Record::new(5, Op::Rename, "a/1", 1, "mv")
+            },
+            kept: Some(Record {
+                trash: Some("trash/x/b/1".into()),
+                ..Record::new(5, Op::Unlink, "b/1", 1, "mv")
+            }),
+        };
+        let mut line = encode(&i);
+        line.push(0);
+        assert_eq!(decode(&line), Some(i.clone()));
+        // Cut off part-way, or followed by an older, longer intent's bytes: never a wrong one.
+        assert_eq!(decode(&line[..line.len() / 2]), None);
+        let mut torn = line.clone();
+        torn[30] ^= 1;
+        assert_eq!(decode(&torn), None);
+        assert_eq!(decode(&[0u8; 16]), None);
+    }
+}
