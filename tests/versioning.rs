@@ -628,43 +628,87 @@ fn kill_9_during_rename_overs_never_swaps_names() {
     assert_same_tree(&before, &digest(&d));
 }
 
-/// A daemon that dies in the middle of a rename, just before it or just after it (before its
-/// record), leaves a journal that restore can trust: the next `umount` journals a rename that
-/// happened (with the removal of the entry it replaced) and puts back what was set aside for
-/// one that did not; restores to before it and to after it give exactly those trees. For a
-/// plain rename, a rename over a file, over an empty directory, and an exchange.
+/// A daemon that dies in the middle of a rename leaves a journal that restore can trust, at
+/// every point: before it sets aside the entry it replaces, after that, just before the
+/// rename, just after it (before its records), and between its two records. The next
+/// `umount` journals a rename that happened (with the removal of the entry it replaced) and
+/// puts back what was set aside for one that did not; restores to before and after it then
+/// give exactly those trees. For a plain rename, a rename over a file, over a file with
+/// another link (its bytes copied), over a fifo with another link (copied into the trash),
+/// over an empty directory, out of a scratch tree over a file, and an exchange.
 #[test]
-fn a_rename_cut_off_by_a_crash_is_recovered_both_ways() {
+fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
     if !fuse_available() {
         return;
     }
-    // (name, files and directories to make, the rename as python)
-    let cases: [(&str, &[&str], &str); 4] = [
-        ("plain", &["a/f=A"], "os.rename('a/f', 'b/g')"),
-        ("over", &["a/f=A", "b/f=B"], "os.rename('a/f', 'b/f')"),
-        ("over-dir", &["a/d/x=X", "b/d/"], "os.rename('a/d', 'b/d')"),
+    let exchange = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+                    if libc.renameat2(-100, b'a/f', -100, b'b/f', 2) != 0:\n\
+                    \x20   raise OSError(ctypes.get_errno(), 'renameat2')";
+    // (name, entries to make, the rename as python, whether it replaces an entry). Entries:
+    // `f=text` a file, `d/` a directory, `l@f` a hard link to f, `p|` a fifo.
+    let cases: [(&str, &[&str], &str, bool); 7] = [
+        ("plain", &["a/f=A"], "os.rename('a/f', 'b/g')", false),
+        ("over", &["a/f=A", "b/f=B"], "os.rename('a/f', 'b/f')", true),
         (
-            "exchange",
-            &["a/f=A", "b/f=B"],
-            "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
-             if libc.renameat2(-100, b'a/f', -100, b'b/f', 2) != 0:\n\
-             \x20   raise OSError(ctypes.get_errno(), 'renameat2')",
+            "over-linked",
+            &["a/f=A", "b/f=B", "b/h@b/f"],
+            "os.rename('a/f', 'b/f')",
+            true,
         ),
+        (
+            "over-linked-fifo",
+            &["a/f=A", "b/f|", "b/h@b/f"],
+            "os.rename('a/f', 'b/f')",
+            true,
+        ),
+        (
+            "over-dir",
+            &["a/d/x=X", "b/d/"],
+            "os.rename('a/d', 'b/d')",
+            true,
+        ),
+        (
+            "out-of-scratch",
+            &["target/x=X", "b/f=B"],
+            "os.rename('target/x', 'b/f')",
+            true,
+        ),
+        ("exchange", &["a/f=A", "b/f=B"], exchange, false),
     ];
-    for point in ["before-rename", "after-rename"] {
-        for (case, entries, script) in cases {
+    let points = [
+        ("before-set-aside", false),
+        ("after-set-aside", false),
+        ("before-rename", false),
+        ("after-rename", true),
+        ("between-records", true),
+    ];
+    for (point, renamed) in points {
+        for (case, entries, script, replaces) in cases {
+            if !replaces && (point.contains("set-aside") || point == "between-records") {
+                continue;
+            }
+            if case == "out-of-scratch" && point == "between-records" {
+                continue;
+            }
             let what = format!("{case}, daemon stopped {point}");
             let p = Project::empty();
             let d = p.dir().to_owned();
             std::fs::create_dir_all(d.join("a")).unwrap();
             std::fs::create_dir_all(d.join("b")).unwrap();
             for e in entries {
-                match e.split_once('=') {
-                    Some((f, body)) => {
-                        std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
-                        std::fs::write(d.join(f), body).unwrap();
-                    }
-                    None => std::fs::create_dir_all(d.join(e)).unwrap(),
+                if let Some((f, body)) = e.split_once('=') {
+                    std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+                    std::fs::write(d.join(f), body).unwrap();
+                } else if let Some((l, f)) = e.split_once('@') {
+                    std::fs::hard_link(d.join(f), d.join(l)).unwrap();
+                } else if let Some(f) = e.strip_suffix('|') {
+                    nix::unistd::mkfifo(
+                        &d.join(f),
+                        nix::sys::stat::Mode::from_bits_truncate(0o640),
+                    )
+                    .unwrap();
+                } else {
+                    std::fs::create_dir_all(d.join(e)).unwrap();
                 }
             }
             let before = digest(&d);
@@ -707,29 +751,42 @@ fn a_rename_cut_off_by_a_crash_is_recovered_both_ways() {
             assert_ok(&p.run(&["umount"]));
             assert!(!is_mounted(&d), "{what}");
             let recovered = digest(&d);
-            if point == "before-rename" {
-                assert_same_tree(&before, &recovered);
-                assert_eq!(trash_files(&d), 0, "{what}: nothing left in the trash");
-            } else {
+            if renamed {
                 assert_same_tree(&after, &recovered);
-                let log = p.log_json();
-                assert!(
-                    log.iter().any(|r| {
-                        matches!(r["op"].as_str(), Some("rename" | "exchange"))
-                            && r["note"]
-                                .as_str()
-                                .is_some_and(|n| n.starts_with("recovered"))
-                    }),
-                    "{what}: the rename is journaled as recovered: {log:?}"
-                );
+                if case != "out-of-scratch" {
+                    let log = p.log_json();
+                    assert!(
+                        log.iter().any(|r| {
+                            matches!(r["op"].as_str(), Some("rename" | "exchange"))
+                                && r["to"].as_str().is_some_and(|t| t.starts_with("b/"))
+                        }),
+                        "{what}: the rename is journaled: {log:?}"
+                    );
+                }
+            } else {
+                assert_same_tree(&before, &recovered);
+                let left: Vec<_> = walkdir::WalkDir::new(d.join(".saferoot/trash"))
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .filter(|e| !e.file_type().is_dir())
+                    .map(|e| e.path().to_owned())
+                    .collect();
+                assert!(left.is_empty(), "{what}: left in the trash: {left:?}");
             }
+            let o = p.run(&["doctor"]);
+            assert_ok(&o);
             tick();
             let t1 = now_rfc3339();
             tick();
+            // Restore leaves scratch trees as they are.
+            let versioned = |mut t: std::collections::BTreeMap<std::path::PathBuf, Entry>| {
+                t.retain(|k, _| !k.starts_with("target"));
+                t
+            };
             assert_ok(&p.run(&["restore", &t0]));
-            assert_same_tree(&before, &digest(&d));
+            assert_same_tree(&versioned(before), &versioned(digest(&d)));
             assert_ok(&p.run(&["restore", &t1]));
-            assert_same_tree(&recovered, &digest(&d));
+            assert_same_tree(&versioned(recovered), &versioned(digest(&d)));
             // And it mounts again.
             p.mount();
             p.umount();

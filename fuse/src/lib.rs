@@ -421,7 +421,8 @@ impl Shared {
 
     /// Write down what a rename is about to journal, before doing it (see
     /// [`saferoot_snapshots::inflight`]).
-    fn intend(&self, req: &Request, rename: &Record, kept: Option<&Record>) {
+    /// `arrival`: a move out of scratch, of which only `kept` is journaled.
+    fn intend(&self, req: &Request, rename: &Record, kept: Option<&Record>, arrival: bool) {
         let Some(f) = &self.inflight else { return };
         let pid = req.pid();
         let comm = self.comm(pid);
@@ -436,7 +437,31 @@ impl Shared {
                 comm,
                 ..k.clone()
             }),
+            arrival,
         });
+    }
+
+    /// The rename just written down failed: forget it.
+    fn unintend(&self) {
+        if let Some(f) = &self.inflight {
+            f.forget();
+        }
+    }
+
+    /// The records of one change, in one write (see [`Journal::append_all`]).
+    fn journal_all(&self, req: &Request, recs: Vec<Record>) {
+        let comm = self.comm(req.pid());
+        let recs: Vec<Record> = recs
+            .into_iter()
+            .map(|rec| Record {
+                pid: req.pid(),
+                comm: comm.clone(),
+                ..rec
+            })
+            .collect();
+        if let Err(e) = self.store.journal().append_all(&recs) {
+            warn!("journal append failed: {e}");
+        }
     }
 
     /// For tests of crash recovery: die here if `SAFEROOT_TEST_FAULT` names this point.
@@ -1116,7 +1141,7 @@ impl Shared {
                 op: Op::Exchange,
                 ..base
             };
-            self.intend(req, &base, None);
+            self.intend(req, &base, None, false);
             self.fault_point("before-rename");
             nix::fcntl::renameat2(
                 pfd.fd(),
@@ -1125,7 +1150,10 @@ impl Shared {
                 newname,
                 nix::fcntl::RenameFlags::RENAME_EXCHANGE,
             )
-            .map_err(errno)?;
+            .map_err(|e| {
+                self.unintend();
+                errno(e)
+            })?;
             self.fault_point("after-rename");
             self.note_rename(&src, newparent.0, newname);
             if let Ok(dst) = nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -1152,7 +1180,7 @@ impl Shared {
             other => other,
         };
         let Some(dst) = dst else {
-            self.intend(req, &base, None);
+            self.intend(req, &base, None, false);
             self.fault_point("before-rename");
             nix::fcntl::renameat2(
                 pfd.fd(),
@@ -1161,7 +1189,10 @@ impl Shared {
                 newname,
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             )
-            .map_err(errno)?;
+            .map_err(|e| {
+                self.unintend();
+                errno(e)
+            })?;
             self.fault_point("after-rename");
             self.note_rename(&src, newparent.0, newname);
             self.journal(req, base);
@@ -1179,19 +1210,49 @@ impl Shared {
         if dst_dir && !self.dir_is_empty(npfd.fd(), newname)? {
             return Err(Errno::ENOTEMPTY);
         }
-        let mut kept = self.keep_replaced(npfd.fd(), newname, &to_rel, &dst, t)?;
-        self.intend(req, &base, Some(&kept));
-        self.fault_point("before-rename");
-        self.replace_with(&kept, &dst, (pfd.fd(), name), (npfd.fd(), newname))?;
+        let mut kept = self.replace_kept(req, &base, (npfd.fd(), newname, &to_rel), &dst, false)?;
+        self.replace_with(&kept, &dst, (pfd.fd(), name), (npfd.fd(), newname))
+            .inspect_err(|_| self.unintend())?;
         self.fault_point("after-rename");
         self.note_rename(&src, newparent.0, newname);
         // Dated after the change: a write session of the replaced file that began before it
         // must come first in time, so that restore undoes the removal before the session.
         let done = now_ns();
         kept.t = done;
-        self.journal(req, kept);
-        self.journal(req, Record { t: done, ..base });
+        if self.fault.as_deref() == Some("between-records") {
+            self.journal(req, kept);
+            self.fault_point("between-records");
+            return Ok(());
+        }
+        self.journal_all(req, vec![kept, Record { t: done, ..base }]);
         Ok(())
+    }
+
+    /// [`Shared::keep_replaced`] with the rename `base` written down before and after (see
+    /// [`saferoot_snapshots::inflight`]); the last step before the rename itself.
+    fn replace_kept(
+        &self,
+        req: &Request,
+        base: &Record,
+        (dir, name, rel): (BorrowedFd<'_>, &OsStr, &Path),
+        st: &FileStat,
+        arrival: bool,
+    ) -> Result<Record, Errno> {
+        let before = Record {
+            kind: Kind::from_mode(st.st_mode),
+            mode: Some(st.st_mode),
+            ino: Some(st.st_ino),
+            ..Record::new(base.t, Op::Unlink, rel, 0, "")
+        };
+        self.intend(req, base, Some(&before), arrival);
+        self.fault_point("before-set-aside");
+        let kept = self
+            .keep_replaced(dir, name, rel, st, base.t)
+            .inspect_err(|_| self.unintend())?;
+        self.fault_point("after-set-aside");
+        self.intend(req, base, Some(&kept), arrival);
+        self.fault_point("before-rename");
+        Ok(kept)
     }
 
     /// Keep the entry `name` of `dir` that a rename is about to replace, leaving it in place
@@ -1538,8 +1599,10 @@ impl Shared {
             return Err(Errno::ENOTEMPTY);
         }
         // Keep the replaced entry as for any rename-over, then replace it.
-        let kept = self.keep_replaced(to_dir, newname, to_rel, &d, t)?;
-        self.replace_with(&kept, &d, (from_dir, name), (to_dir, newname))?;
+        let kept = self.replace_kept(req, &base, (to_dir, newname, to_rel), &d, true)?;
+        self.replace_with(&kept, &d, (from_dir, name), (to_dir, newname))
+            .inspect_err(|_| self.unintend())?;
+        self.fault_point("after-rename");
         self.note_rename(src, newparent, newname);
         self.journal(req, kept);
         arrived(self);

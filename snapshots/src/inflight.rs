@@ -23,15 +23,18 @@
 //! is ignored.
 
 use crate::journal::{self, Record};
+use crate::store::TRASH_DIR;
 use crate::{Error, Result, Store};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The file in the store directory.
 pub const INFLIGHT_FILE: &str = "inflight";
-/// Bytes per slot: room for two records with two paths of `PATH_MAX` each, escaped.
+/// Bytes per slot. An intent that does not fit (paths of thousands of odd bytes, each
+/// escaped) is not written: that rename is recovered as it was without intents.
 pub const SLOT_BYTES: u64 = 64 * 1024;
 /// Slots read back by recovery (threads beyond this write no intent).
 const MAX_SLOTS: u64 = 256;
@@ -41,10 +44,15 @@ const MAX_SLOTS: u64 = 256;
 pub struct Intent {
     /// The `rename` or `exchange` record (its `t`: before the rename; `ino`: the renamed inode).
     pub rename: Record,
-    /// For a rename over an existing entry: the `unlink` record of the replaced entry, whose
-    /// `trash` item (or `object`) exists already.
+    /// For a rename over an existing entry: the `unlink` record of the replaced entry. Written
+    /// twice: before the entry is set aside (no `trash` or `object` yet: recovery then looks
+    /// for what was set aside by its inode), and once its `trash` item or `object` exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<Record>,
+    /// A move out of a scratch tree: only `kept` is journaled for it (what arrives is
+    /// journaled as created, which recovery does not redo).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arrival: bool,
 }
 
 /// The daemon's handle on `.saferoot/inflight`, locked for its lifetime.
@@ -59,8 +67,9 @@ thread_local! {
 }
 
 impl Inflight {
-    /// Open and lock the file for writing intents, emptied (run [`crate::recover::recover`]
-    /// first: it reads what a previous daemon left). Fails if another process holds it.
+    /// Open and lock the file for writing intents (run [`crate::recover::recover`] first: it
+    /// settles what a previous daemon left, and empties the file when it settled all). Fails
+    /// if another process holds it.
     pub fn open(store: &Store) -> Result<Inflight> {
         let path = store.dir_path().join(INFLIGHT_FILE);
         let fd = nix::fcntl::openat(
@@ -74,7 +83,6 @@ impl Inflight {
         if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(Error::io("lock", &path, nix::errno::Errno::last()));
         }
-        nix::unistd::ftruncate(fd.as_fd(), 0).map_err(|e| Error::io("truncate", &path, e))?;
         Ok(Inflight { fd })
     }
 
@@ -92,6 +100,15 @@ impl Inflight {
         }
         line.push(0);
         let _ = nix::sys::uio::pwrite(&self.fd, &line, (slot * SLOT_BYTES) as i64);
+    }
+
+    /// The rename this thread wrote down failed: forget it (a later crash must not find it
+    /// and take a name that came to hold the inode otherwise for its doing).
+    pub fn forget(&self) {
+        let slot = SLOT.with(|s| *s);
+        if slot < MAX_SLOTS {
+            let _ = nix::sys::uio::pwrite(&self.fd, &[0], (slot * SLOT_BYTES) as i64);
+        }
     }
 
     /// Empty the file (a clean stop: every intent was journaled).
@@ -157,7 +174,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Every intent was settled (journaled or undone): forget them.
+    /// Every intent was settled (journaled, or what was set aside put back): forget them.
     pub fn done(self) {
         let _ = nix::unistd::ftruncate(self.fd.as_fd(), 0);
     }
@@ -170,6 +187,8 @@ pub enum Outcome {
     Happened(Vec<Record>),
     /// It did not: what was set aside for it was put back (or nothing was).
     Undone,
+    /// It did not, and what was set aside could not be put back (why): keep the intent.
+    Stuck(String),
 }
 
 /// Whether the journal `records` already have the intent's rename (same paths and inode,
@@ -182,15 +201,19 @@ pub fn journaled(records: &[Record], intent: &Intent) -> bool {
         .any(|j| j.op == r.op && j.t >= r.t && j.path == r.path && j.to == r.to && j.ino == r.ino)
 }
 
-/// Whether the journal `records` already have the intent's record of the replaced entry.
-fn kept_journaled(records: &[Record], kept: &Record) -> bool {
-    records.iter().rev().any(|j| {
-        j.op == kept.op
-            && j.t >= kept.t
-            && j.path == kept.path
-            && j.trash == kept.trash
-            && j.object == kept.object
-    })
+/// When the journal `records` got the intent's record of the replaced entry, if they did.
+fn kept_journaled(records: &[Record], kept: &Record) -> Option<i64> {
+    records
+        .iter()
+        .rev()
+        .find(|j| {
+            j.op == kept.op
+                && j.t >= kept.t
+                && j.path == kept.path
+                && j.trash == kept.trash
+                && j.object == kept.object
+        })
+        .map(|j| j.t)
 }
 
 fn lstat(store: &Store, rel: &Path) -> Option<nix::sys::stat::FileStat> {
@@ -206,8 +229,13 @@ fn lstat(store: &Store, rel: &Path) -> Option<nix::sys::stat::FileStat> {
 }
 
 /// Settle one intent the journal lacks (see the module documentation). `records`: the
-/// journal as read, to skip a replaced entry's record that did land.
-pub fn settle(store: &Store, records: &[Record], intent: &Intent) -> Outcome {
+/// journal as read; `known`: the trash items its records name.
+pub fn settle(
+    store: &Store,
+    records: &[Record],
+    known: &HashSet<PathBuf>,
+    intent: &Intent,
+) -> Outcome {
     let r = &intent.rename;
     let Some(to) = r.to.as_deref() else {
         return Outcome::Undone;
@@ -217,17 +245,23 @@ pub fn settle(store: &Store, records: &[Record], intent: &Intent) -> Outcome {
         (Some(st), Some(ino)) => st.st_ino == ino,
         _ => false,
     };
+    let kept = intent.kept.as_ref();
+    // What was set aside for the replaced entry, once it was (the second writing).
+    let kept_done = kept.filter(|k| k.trash.is_some() || k.object.is_some());
     if happened {
         // The rename set the moved inode's ctime: that is when it happened (never before the
-        // intent: file times come from a coarser clock).
+        // intent, nor before the replaced entry's record if that one landed alone: file times
+        // come from a coarser clock).
         let ctime = now_at_to
             .map(|st| st.st_ctime.saturating_mul(1_000_000_000) + st.st_ctime_nsec)
             .unwrap_or(r.t);
-        let t = ctime.clamp(r.t, crate::now_ns().max(r.t));
+        let landed = kept_done.and_then(|k| kept_journaled(records, k));
+        let floor = r.t.max(landed.unwrap_or(i64::MIN));
+        let t = ctime.clamp(floor, crate::now_ns().max(floor));
         let note = "recovered: the daemon stopped after this rename, before journaling it";
         let mut out = Vec::new();
-        if let Some(k) = &intent.kept {
-            if !kept_journaled(records, k) {
+        if let Some(k) = kept_done {
+            if landed.is_none() {
                 out.push(Record {
                     t,
                     note: Some(note.into()),
@@ -235,45 +269,89 @@ pub fn settle(store: &Store, records: &[Record], intent: &Intent) -> Outcome {
                 });
             }
         }
-        out.push(Record {
-            t,
-            note: Some(note.into()),
-            ..r.clone()
-        });
+        if !intent.arrival {
+            out.push(Record {
+                t,
+                note: Some(note.into()),
+                ..r.clone()
+            });
+        }
         return Outcome::Happened(out);
     }
+    let Some(k) = kept else {
+        return Outcome::Undone;
+    };
     // Not done: put back what was set aside for the entry it would have replaced.
-    if let Some(k) = &intent.kept {
-        if let Some(tr) = &k.trash {
-            if let Some(st) = now_at_to {
-                // The replaced entry is still in place: its second name (or copy) in the
-                // trash stands for nothing.
-                if k.ino == Some(st.st_ino) {
-                    let _ = nix::unistd::unlinkat(
-                        store.dir(),
-                        tr,
-                        nix::unistd::UnlinkatFlags::NoRemoveDir,
-                    );
-                }
-            } else if nix::sys::stat::fstatat(
+    let items: Vec<PathBuf> = match &k.trash {
+        Some(tr) => vec![tr.clone()],
+        None if k.object.is_some() => Vec::new(),
+        // Stopped while setting it aside: look for it where it would be.
+        None => set_aside_candidates(store, to, k.t),
+    };
+    for tr in items.iter().filter(|tr| !known.contains(*tr)) {
+        let Ok(item) =
+            nix::sys::stat::fstatat(store.dir(), tr, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
+            continue;
+        };
+        let is_dir = item.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let ours = k.ino == Some(item.st_ino)
+            // A copy (of a special file with other links) made for this rename.
+            || (k.trash.is_some()
+                || item.st_ctime.saturating_mul(1_000_000_000) + item.st_ctime_nsec
+                    >= k.t - crate::recover::COARSE_CLOCK_NS);
+        if !ours {
+            continue;
+        }
+        let res = match &now_at_to {
+            // The replaced entry is still in place: this second name or copy stands for
+            // nothing.
+            Some(st) if k.ino == Some(st.st_ino) && !is_dir => nix::unistd::unlinkat(
                 store.dir(),
-                tr,
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-            {
-                // An empty directory moved into the trash: back to its name.
-                let _ = nix::fcntl::renameat2(
-                    store.dir(),
-                    tr,
-                    store.project(),
-                    to,
-                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-                );
-            }
+                tr.as_path(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ),
+            Some(_) => continue,
+            // The empty directory moved into the trash: back to its name.
+            None if is_dir && k.ino == Some(item.st_ino) => nix::fcntl::renameat2(
+                store.dir(),
+                tr.as_path(),
+                store.project(),
+                to,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ),
+            None => continue,
+        };
+        if let Err(e) = res {
+            return Outcome::Stuck(format!(
+                "could not put back {} (set aside for a rename the daemon did not do): {e}",
+                tr.display()
+            ));
         }
     }
     Outcome::Undone
+}
+
+/// Where the entry `rel` set aside at instant `t` would be in the trash: one path per bucket
+/// of that second that exists.
+fn set_aside_candidates(store: &Store, rel: &Path, t: i64) -> Vec<PathBuf> {
+    let stamp = crate::store::trash_stamp(t);
+    let mut out = Vec::new();
+    for n in 0..10_000u32 {
+        let bucket = if n == 0 {
+            stamp.clone()
+        } else {
+            format!("{stamp}.{n}")
+        };
+        let b = Path::new(TRASH_DIR).join(&bucket);
+        if nix::sys::stat::fstatat(store.dir(), &b, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_err()
+        {
+            break;
+        }
+        out.push(b.join(rel));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -293,6 +371,7 @@ mod tests {
                 trash: Some("trash/x/b/1".into()),
                 ..Record::new(5, Op::Unlink, "b/1", 1, "mv")
             }),
+            arrival: false,
         };
         let mut line = encode(&i);
         line.push(0);

@@ -409,7 +409,20 @@ impl Journal {
     /// Append one record. The caller must have put any bytes the record refers to in place
     /// before calling this.
     pub fn append(&self, rec: &Record) -> Result<()> {
-        let mut line = encode(rec);
+        self.append_all(std::slice::from_ref(rec))
+    }
+
+    /// Append several records in one write(2), for records of one change: nothing can come
+    /// between them, and a crash can leave the first without the others only by cutting off
+    /// that write (the rest is then a torn line, which readers ignore).
+    pub fn append_all(&self, recs: &[Record]) -> Result<()> {
+        let mut line = Vec::new();
+        for rec in recs {
+            line.extend_from_slice(&encode(rec));
+        }
+        if line.is_empty() {
+            return Ok(());
+        }
         let mut held = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let t = &mut *held;
         if let Some(what) = &t.foreign {

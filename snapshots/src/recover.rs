@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 /// How far behind the clock of journal records a file's ctime may lag (the kernel stamps files
 /// from a coarse clock: up to a jiffy, 1 to 10 ms).
-const COARSE_CLOCK_NS: i64 = 10_000_000;
+pub(crate) const COARSE_CLOCK_NS: i64 = 10_000_000;
 
 /// The instant a trash bucket name stands for: the last nanosecond of its second.
 pub fn bucket_end_ns(bucket: &str) -> Option<i64> {
@@ -84,24 +84,35 @@ fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
     let pending = inflight::pending(store);
     let horizon = journal::horizon(records).map_or(i64::MIN, |(h, _)| h);
     let mut settled = Vec::new();
-    for i in pending.iter().flat_map(|p| &p.intents) {
-        if i.rename.t < horizon || inflight::journaled(records, i) {
-            continue;
-        }
-        if let inflight::Outcome::Happened(recs) = inflight::settle(store, records, i) {
-            settled.extend(recs);
+    let mut stuck = None;
+    if pending.as_ref().is_some_and(|p| !p.intents.is_empty()) {
+        let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
+        for i in pending.iter().flat_map(|p| &p.intents) {
+            if i.rename.t < horizon || inflight::journaled(records, i) {
+                continue;
+            }
+            match inflight::settle(store, records, &known, i) {
+                inflight::Outcome::Happened(recs) => settled.extend(recs),
+                inflight::Outcome::Undone => {}
+                inflight::Outcome::Stuck(why) => stuck = Some(why),
+            }
         }
     }
     let found = orphans_in(store, records, &settled)?;
-    for r in settled.iter().chain(&found) {
+    store.journal().append_all(&settled)?;
+    for r in &found {
         store.journal().append(r)?;
     }
     let n = settled.len() + found.len();
     if n > 0 {
         store.journal().sync()?;
     }
-    if let Some(p) = pending {
-        p.done();
+    match (pending, stuck) {
+        // Left in the file for the next recovery (`doctor`, or a mount before a daemon's
+        // threads write over its slot) to try again.
+        (_, Some(why)) => return Err(crate::Error::Invalid(why)),
+        (Some(p), None) => p.done(),
+        (None, None) => {}
     }
     Ok(n)
 }
