@@ -533,9 +533,9 @@ pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf> {
     let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
     let dead_msg = || {
         anyhow!(
-            "{} is a saferoot mount whose daemon is gone; run `saferoot -C {} umount` to clean it up",
+            "{} is a saferoot mount whose daemon is gone; {}",
             given.display(),
-            given.display()
+            dead_mount_hint(given)
         )
     };
     let p = match std::fs::canonicalize(given) {
@@ -865,6 +865,12 @@ fn daemon_pids(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// What to do about a mount whose daemon died (both commands journal what it left unrecorded).
+fn dead_mount_hint(dir: &Path) -> String {
+    let d = dir.display();
+    format!("`saferoot -C {d} mount` mounts it again, `saferoot -C {d} umount` unmounts it; both keep everything")
+}
+
 /// Like [`resolve_dir`], for `mount` and `run`: a saferoot mount whose daemon is gone is
 /// recovered first ([`recover_dead_mount`]), so that they can mount afresh.
 fn resolve_dir_recovering(dir: Option<&Path>) -> Result<PathBuf> {
@@ -887,9 +893,9 @@ pub fn project_dir_fd(dir: &Path) -> Result<(OwnedFd, bool)> {
         None => {
             if mounts::saferoot_mounted(dir) {
                 bail!(
-                    "{} is a saferoot mount whose daemon is gone; run `saferoot -C {} umount` first",
+                    "{} is a saferoot mount whose daemon is gone; {}",
                     dir.display(),
-                    dir.display()
+                    dead_mount_hint(dir)
                 );
             }
             let fd = nix::fcntl::open(
@@ -1224,9 +1230,9 @@ fn status(dir: &Path) -> Result<i32> {
             }
         }
         None if mounts::saferoot_mounted(dir) => println!(
-            "{}: mounted, but the daemon is gone (run `saferoot -C {} umount`)",
+            "{}: mounted, but the daemon is gone ({})",
             dir.display(),
-            dir.display()
+            dead_mount_hint(dir)
         ),
         None => println!("{}: not mounted", dir.display()),
     }
