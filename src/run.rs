@@ -801,6 +801,13 @@ pub fn remedy(d: &Denial, at: Places) -> String {
                     );
                 }
             }
+            if writes && is_block_or_char_device(&target) {
+                return format!(
+                    "a device: allow with --allow-write {} only if the agent is meant to write \
+                     to the device itself",
+                    target.display()
+                );
+            }
             let flag = if writes {
                 "--allow-write"
             } else {
@@ -821,6 +828,14 @@ pub fn remedy(d: &Denial, at: Places) -> String {
             format!("allow with {flag} {} (profile: {line})", target.display())
         }
     }
+}
+
+/// Whether `p` is a character or block device (a disk, a terminal): a write rule on it writes
+/// to the device, not to a file.
+fn is_block_or_char_device(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p)
+        .is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_char_device())
 }
 
 /// What a denial was about, for grouping: the path or address:port.
@@ -1124,6 +1139,14 @@ mod tests {
         );
         let want = format!("allow with --allow-write {}/other ", root);
         assert!(r.starts_with(&want), "{r}");
+        // A write to a device is named as one (the flag would reach the device itself).
+        let r = remedy(&denial("landlock", "fs.write_file", "/dev/full", "sh"), at);
+        assert!(
+            r.starts_with("a device: allow with --allow-write /dev/full only if"),
+            "{r}"
+        );
+        let r = remedy(&denial("landlock", "fs.read_file", "/dev/full", "cat"), at);
+        assert!(r.starts_with("allow with --allow-read /dev/full "), "{r}");
         // Reading is not writing: a read of the directory holding the project can be allowed.
         let r = remedy(&denial("landlock", "fs.read_dir", root, "ls"), at);
         assert!(
