@@ -794,6 +794,40 @@ fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
     }
 }
 
+/// Once a rename's records are journaled its intent is forgotten: a later crash does not
+/// journal it again. (A break round moved a file out of a scratch tree over `t`, purged `t`'s
+/// kept version, then killed the daemon: recovery journaled `t`'s removal a second time,
+/// naming the purged trash item, and doctor reported that item missing.)
+#[test]
+fn a_journaled_rename_is_not_recovered_again_after_a_crash() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir().to_owned();
+    std::fs::create_dir_all(d.join("target")).unwrap();
+    std::fs::write(d.join("t"), "old t\n").unwrap();
+    std::fs::write(d.join("u"), "old u\n").unwrap();
+    p.mount();
+    let pid = daemon_pid(&p);
+    std::fs::write(d.join("target/x"), "new t\n").unwrap();
+    std::fs::rename(d.join("target/x"), d.join("t")).unwrap();
+    std::fs::write(d.join("v"), "new u\n").unwrap();
+    std::fs::rename(d.join("v"), d.join("u")).unwrap();
+    assert_ok(&p.run(&["trash", "purge", "--yes", "t", "u"]));
+    kill_daemon(pid);
+    assert_ok(&p.run(&["umount"]));
+    let log = p.log_json();
+    for f in ["t", "u"] {
+        let of_f: Vec<_> = log.iter().filter(|r| r["path"] == f).collect();
+        let removals = of_f.iter().filter(|r| r["op"] == "unlink").count();
+        assert_eq!(removals, 1, "{f}: one removal record: {of_f:?}");
+    }
+    assert_ok(&p.run(&["doctor"]));
+    assert_eq!(std::fs::read(d.join("t")).unwrap(), b"new t\n");
+    assert_eq!(std::fs::read(d.join("u")).unwrap(), b"new u\n");
+}
+
 /// An instant taken right after close(2) returns sees the file as written: the end of a write
 /// session is journaled at close, not when the kernel's release comes later.
 #[test]

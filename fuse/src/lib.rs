@@ -441,7 +441,8 @@ impl Shared {
         });
     }
 
-    /// The rename just written down failed: forget it.
+    /// The rename just written down failed, or its records were journaled: forget it (a
+    /// later crash must not find it; what it names may have changed since, a purge included).
     fn unintend(&self) {
         if let Some(f) = &self.inflight {
             f.forget();
@@ -1160,6 +1161,7 @@ impl Shared {
                 self.note_rename(&dst, parent.0, name);
             }
             self.journal(req, base);
+            self.unintend();
             return Ok(());
         }
 
@@ -1196,6 +1198,7 @@ impl Shared {
             self.fault_point("after-rename");
             self.note_rename(&src, newparent.0, newname);
             self.journal(req, base);
+            self.unintend();
             return Ok(());
         };
 
@@ -1225,6 +1228,7 @@ impl Shared {
             return Ok(());
         }
         self.journal_all(req, vec![kept, Record { t: done, ..base }]);
+        self.unintend();
         Ok(())
     }
 
@@ -1605,6 +1609,7 @@ impl Shared {
         self.fault_point("after-rename");
         self.note_rename(src, newparent, newname);
         self.journal(req, kept);
+        self.unintend();
         arrived(self);
         Ok(())
     }

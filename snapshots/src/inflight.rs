@@ -102,8 +102,9 @@ impl Inflight {
         let _ = nix::sys::uio::pwrite(&self.fd, &line, (slot * SLOT_BYTES) as i64);
     }
 
-    /// The rename this thread wrote down failed: forget it (a later crash must not find it
-    /// and take a name that came to hold the inode otherwise for its doing).
+    /// The rename this thread wrote down failed, or was journaled: forget it (a later crash
+    /// must not find it and take a name that came to hold the inode otherwise for its doing,
+    /// nor journal again a removal that was purged since).
     pub fn forget(&self) {
         let slot = SLOT.with(|s| *s);
         if slot < MAX_SLOTS {
