@@ -635,7 +635,8 @@ fn kill_9_during_rename_overs_never_swaps_names() {
 /// puts back what was set aside for one that did not; restores to before and after it then
 /// give exactly those trees. For a plain rename, a rename over a file, over a file with
 /// another link (its bytes copied), over a fifo with another link (copied into the trash),
-/// over an empty directory, out of a scratch tree over a file, and an exchange.
+/// over an empty directory, out of a scratch tree over a file, an exchange, and a directory
+/// moved into a scratch tree (its entries journaled as removed, a fifo in it copied).
 #[test]
 fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
     if !fuse_available() {
@@ -646,7 +647,7 @@ fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
                     \x20   raise OSError(ctypes.get_errno(), 'renameat2')";
     // (name, entries to make, the rename as python, whether it replaces an entry). Entries:
     // `f=text` a file, `d/` a directory, `l@f` a hard link to f, `p|` a fifo.
-    let cases: [(&str, &[&str], &str, bool); 7] = [
+    let cases: [(&str, &[&str], &str, bool); 8] = [
         ("plain", &["a/f=A"], "os.rename('a/f', 'b/g')", false),
         ("over", &["a/f=A", "b/f=B"], "os.rename('a/f', 'b/f')", true),
         (
@@ -674,6 +675,12 @@ fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
             true,
         ),
         ("exchange", &["a/f=A", "b/f=B"], exchange, false),
+        (
+            "into-scratch",
+            &["a/d/x=X", "a/d/e/y=Y", "a/d/p|", "target/"],
+            "os.rename('a/d', 'target/d')",
+            false,
+        ),
     ];
     let points = [
         ("before-set-aside", false),
@@ -753,7 +760,7 @@ fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
             let recovered = digest(&d);
             if renamed {
                 assert_same_tree(&after, &recovered);
-                if case != "out-of-scratch" {
+                if !case.ends_with("scratch") {
                     let log = p.log_json();
                     assert!(
                         log.iter().any(|r| {

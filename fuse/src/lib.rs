@@ -438,7 +438,33 @@ impl Shared {
                 ..k.clone()
             }),
             arrival,
+            leaving: false,
+            leaving_records: Vec::new(),
         });
+    }
+
+    /// [`Shared::intend`] for a move into a scratch tree, which journals `recs` (given the
+    /// caller's pid and command name here) instead of the rename.
+    fn intend_leaving(&self, req: &Request, rename: &Record, recs: &mut [Record]) {
+        let pid = req.pid();
+        let comm = self.comm(pid);
+        for r in recs.iter_mut() {
+            r.pid = pid;
+            r.comm = comm.clone();
+        }
+        let Some(f) = &self.inflight else { return };
+        let intent = saferoot_snapshots::inflight::Intent {
+            rename: Record {
+                pid,
+                comm,
+                ..rename.clone()
+            },
+            kept: None,
+            arrival: false,
+            leaving: true,
+            leaving_records: Vec::new(),
+        };
+        f.intend_leaving(&self.store, &intent, recs);
     }
 
     /// The rename just written down failed, or its records were journaled: forget it (a
@@ -1550,18 +1576,21 @@ impl Shared {
         if to_scratch {
             // Leaving the versioned tree: keep its bytes as unlinks would.
             let note = format!("moved into scratch {}", to_rel.display());
-            let recs = self.leave_records(from_dir, name, from_rel, src, t)?;
-            rename(plain)?;
+            let mut recs: Vec<Record> = self
+                .leave_records(from_dir, name, from_rel, src, t)?
+                .into_iter()
+                .map(|r| Record {
+                    note: Some(note.clone()),
+                    ..r
+                })
+                .collect();
+            self.intend_leaving(req, &base, &mut recs);
+            self.fault_point("before-rename");
+            rename(plain).inspect_err(|_| self.unintend())?;
+            self.fault_point("after-rename");
             self.note_rename(src, newparent, newname);
-            for r in recs {
-                self.journal(
-                    req,
-                    Record {
-                        note: Some(note.clone()),
-                        ..r
-                    },
-                );
-            }
+            self.journal_all(req, recs);
+            self.unintend();
             return Ok(());
         }
         // Entering the versioned tree from scratch.
@@ -2028,7 +2057,7 @@ impl Filesystem for SaferootFs {
         self.shared.finish_indexing();
         if self.shared.store.journal().sync().is_ok() {
             if let Some(f) = &self.shared.inflight {
-                f.clear();
+                f.clear(&self.shared.store);
             }
         }
     }

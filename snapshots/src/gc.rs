@@ -91,7 +91,7 @@ impl Usage {
 }
 
 /// The store directory as a path that works behind the mount too.
-fn proc_path(store: &Store) -> PathBuf {
+pub(crate) fn proc_path(store: &Store) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", store.dir().as_raw_fd()))
 }
 

@@ -53,6 +53,19 @@ pub struct Intent {
     /// journaled as created, which recovery does not redo).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub arrival: bool,
+    /// A move into a scratch tree: what it journals (an `unlink` or `rmdir` for every entry
+    /// that leaves the versioned tree, bytes kept first) is in the slot's side file
+    /// `inflight.<slot>`, too many for the slot; `rename` itself is not journaled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+    /// For `leaving`: the records, as read back from the side file by [`pending`].
+    #[serde(skip)]
+    pub leaving_records: Vec<Record>,
+}
+
+/// The side file of slot `n`, in the store directory.
+fn side_file(n: u64) -> String {
+    format!("{INFLIGHT_FILE}.{n}")
 }
 
 /// The daemon's handle on `.saferoot/inflight`, locked for its lifetime.
@@ -102,6 +115,44 @@ impl Inflight {
         let _ = nix::sys::uio::pwrite(&self.fd, &line, (slot * SLOT_BYTES) as i64);
     }
 
+    /// [`Inflight::intend`] for a move into a scratch tree: `recs` (every record it will
+    /// journal) go to the slot's side file first, then the intent, marked `leaving`, to the
+    /// slot. Nothing is written down when the side file cannot be.
+    pub fn intend_leaving(&self, store: &Store, intent: &Intent, recs: &[Record]) {
+        let slot = SLOT.with(|s| *s);
+        if slot >= MAX_SLOTS {
+            return;
+        }
+        let mut bytes = Vec::new();
+        for r in recs {
+            bytes.extend_from_slice(&journal::encode(r));
+        }
+        let written = nix::fcntl::openat(
+            store.dir(),
+            side_file(slot).as_str(),
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_TRUNC
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .and_then(|fd| {
+            nix::unistd::write(&fd, &bytes).and_then(|n| {
+                if n == bytes.len() {
+                    Ok(())
+                } else {
+                    Err(nix::errno::Errno::ENOSPC)
+                }
+            })
+        });
+        if written.is_ok() {
+            self.intend(&Intent {
+                leaving: true,
+                ..intent.clone()
+            });
+        }
+    }
+
     /// The rename this thread wrote down failed, or was journaled: forget it (a later crash
     /// must not find it and take a name that came to hold the inode otherwise for its doing,
     /// nor journal again a removal that was purged since).
@@ -113,9 +164,39 @@ impl Inflight {
     }
 
     /// Empty the file (a clean stop: every intent was journaled).
-    pub fn clear(&self) {
+    pub fn clear(&self, store: &Store) {
         let _ = nix::unistd::ftruncate(self.fd.as_fd(), 0);
+        remove_side_files(store);
     }
+}
+
+/// Remove every slot's side file.
+fn remove_side_files(store: &Store) {
+    for n in 0..MAX_SLOTS {
+        let _ = nix::unistd::unlinkat(
+            store.dir(),
+            side_file(n).as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+}
+
+/// The records of slot `n`'s side file; `None` if any line is not whole (then the intent
+/// that names it was not written either, or is not trusted).
+fn read_side_file(store: &Store, n: u64) -> Option<Vec<Record>> {
+    let fd = nix::fcntl::openat(
+        store.dir(),
+        side_file(n).as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).ok()?;
+    let body = buf.strip_suffix(b"\n")?;
+    body.split(|&b| b == b'\n')
+        .map(|l| journal::decode(l).ok())
+        .collect()
 }
 
 fn encode(intent: &Intent) -> Vec<u8> {
@@ -160,24 +241,47 @@ pub fn pending(store: &Store) -> Option<Pending> {
     let mut off = 0;
     while off < len.min(MAX_SLOTS * SLOT_BYTES) {
         let n = nix::sys::uio::pread(&fd, &mut buf, off as i64).unwrap_or(0);
-        if let Some(i) = decode(&buf[..n]) {
+        if let Some(mut i) = decode(&buf[..n]) {
+            if i.leaving {
+                match read_side_file(store, off / SLOT_BYTES) {
+                    Some(recs) => i.leaving_records = recs,
+                    None => {
+                        off += SLOT_BYTES;
+                        continue;
+                    }
+                }
+            }
             intents.push(i);
         }
         off += SLOT_BYTES;
     }
-    Some(Pending { fd, intents })
+    Some(Pending {
+        fd,
+        intents,
+        store: store.dir().try_clone_to_owned().ok(),
+    })
 }
 
 /// What [`pending`] found.
 pub struct Pending {
     fd: OwnedFd,
     pub intents: Vec<Intent>,
+    store: Option<OwnedFd>,
 }
 
 impl Pending {
     /// Every intent was settled (journaled, or what was set aside put back): forget them.
     pub fn done(self) {
         let _ = nix::unistd::ftruncate(self.fd.as_fd(), 0);
+        if let Some(dir) = &self.store {
+            for n in 0..MAX_SLOTS {
+                let _ = nix::unistd::unlinkat(
+                    dir,
+                    side_file(n).as_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+            }
+        }
     }
 }
 
@@ -246,6 +350,9 @@ pub fn settle(
         (Some(st), Some(ino)) => st.st_ino == ino,
         _ => false,
     };
+    if intent.leaving {
+        return settle_leaving(store, records, known, intent, happened);
+    }
     let kept = intent.kept.as_ref();
     // What was set aside for the replaced entry, once it was (the second writing).
     let kept_done = kept.filter(|k| k.trash.is_some() || k.object.is_some());
@@ -333,6 +440,59 @@ pub fn settle(
     Outcome::Undone
 }
 
+/// [`settle`] for a move into a scratch tree (`happened`: the moved inode is at its
+/// destination). Done: its records are journaled unless they landed. Not done: the copies it
+/// made in the trash (of symlinks, fifos, device nodes) are removed; its objects are left to
+/// `gc` (they may hold bytes other records name).
+fn settle_leaving(
+    store: &Store,
+    records: &[Record],
+    known: &HashSet<PathBuf>,
+    intent: &Intent,
+    happened: bool,
+) -> Outcome {
+    let recs = &intent.leaving_records;
+    if happened {
+        let landed = recs.first().is_some_and(|first| {
+            records.iter().rev().any(|j| {
+                j.op == first.op && j.t == first.t && j.path == first.path && j.ino == first.ino
+            })
+        });
+        if landed {
+            return Outcome::Happened(Vec::new());
+        }
+        let out = recs
+            .iter()
+            .map(|r| Record {
+                note: Some(format!(
+                    "{} (recovered: the daemon stopped after this move, before journaling it)",
+                    r.note.as_deref().unwrap_or("moved into scratch")
+                )),
+                ..r.clone()
+            })
+            .collect();
+        return Outcome::Happened(out);
+    }
+    for tr in recs.iter().filter_map(|r| r.trash.as_ref()) {
+        if known.contains(tr) {
+            continue;
+        }
+        if let Err(e) = nix::unistd::unlinkat(
+            store.dir(),
+            tr.as_path(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            if e != nix::errno::Errno::ENOENT {
+                return Outcome::Stuck(format!(
+                    "could not remove {} (copied for a move the daemon did not do): {e}",
+                    tr.display()
+                ));
+            }
+        }
+    }
+    Outcome::Undone
+}
+
 /// Where the entry `rel` set aside at instant `t` would be in the trash: one path per bucket
 /// of that second that exists.
 fn set_aside_candidates(store: &Store, rel: &Path, t: i64) -> Vec<PathBuf> {
@@ -373,6 +533,8 @@ mod tests {
                 ..Record::new(5, Op::Unlink, "b/1", 1, "mv")
             }),
             arrival: false,
+            leaving: false,
+            leaving_records: Vec::new(),
         };
         let mut line = encode(&i);
         line.push(0);

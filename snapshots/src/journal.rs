@@ -961,7 +961,7 @@ pub fn lines<'a>(buf: &'a [u8], path: &Path) -> Result<Vec<Line<'a>>> {
     Ok(out)
 }
 
-fn decode(line: &[u8]) -> std::result::Result<Record, &'static str> {
+pub(crate) fn decode(line: &[u8]) -> std::result::Result<Record, &'static str> {
     if line.len() < 18 || line[16] != b' ' {
         return Err("it does not start with a checksum");
     }

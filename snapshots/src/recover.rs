@@ -76,6 +76,29 @@ pub fn recover_all(store: &Store) -> Result<usize> {
     recover_with(store, &records)
 }
 
+/// Remove what a process that is gone left in `tmp/` (a copy cut off by `kill -9` of the
+/// daemon): every writer puts its pid in the name (`obj.PID.…`, `index.new.PID`, …), and
+/// nothing refers to a file there. Files of live processes, and names without a pid, stay.
+fn remove_tmp_of_dead_writers(store: &Store) {
+    let Ok(entries) = std::fs::read_dir(crate::gc::proc_path(store).join(crate::store::TMP_DIR))
+    else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('.').find_map(|p| p.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        if pid != 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ =
+                crate::gc::remove_tree(store.dir(), &Path::new(crate::store::TMP_DIR).join(&name));
+        }
+    }
+}
+
 /// [`recover_all`] with the journal's `records` read already.
 fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
     crate::gc::finish_purge(store)?;
@@ -98,6 +121,7 @@ fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
             }
         }
     }
+    remove_tmp_of_dead_writers(store);
     let found = orphans_in(store, records, &settled)?;
     store.journal().append_all(&settled)?;
     for r in &found {
@@ -271,6 +295,36 @@ mod tests {
         assert_eq!(r.t, 1_700_000_000_999_999_999);
         assert_eq!(r.kind, Some(Kind::File));
         assert!(r.note.as_deref().unwrap().starts_with("recovered"));
+    }
+
+    #[test]
+    fn tmp_files_of_gone_processes_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let root: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let store = Store::open_or_create(root.as_fd(), t.path()).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let tmp = t
+            .path()
+            .join(crate::store::STORE_DIR)
+            .join(crate::store::TMP_DIR);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let names = [
+            format!("obj.{gone}.1.2"),
+            format!("obj.{}.1.2", std::process::id()),
+            "index.new".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(tmp.join(n), b"x").unwrap();
+        }
+        recover(&store).unwrap();
+        assert!(
+            !tmp.join(&names[0]).exists(),
+            "a gone writer's copy is removed"
+        );
+        assert!(tmp.join(&names[1]).exists(), "a live writer's copy stays");
+        assert!(tmp.join(&names[2]).exists(), "a name without a pid stays");
     }
 
     /// An item moved into the trash in the current second is dated at its ctime (the move),
