@@ -801,6 +801,103 @@ fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
     }
 }
 
+/// A rename cut off by a crash is found where later renames of its directory took it: one
+/// request renames `d1/a` over `d1/t` and is held before its records, then `d1` is renamed to
+/// `d2` (journaled, or held too), then the daemon is killed. Recovery follows `d1` to `d2`,
+/// finds the first rename done and journals it; restores to before and after are exact.
+/// (Found by a break round: recovery looked for `d1/t` only, took the rename for undone, and
+/// a restore to before it left `a` missing.)
+#[test]
+fn a_cut_off_rename_is_found_after_its_directory_moved() {
+    if !fuse_available() {
+        return;
+    }
+    let held_threads = |pid: i32| -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == "fault-paused")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let wait_held = |pid: i32, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while held_threads(pid) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} request(s) held in the daemon"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    for held in [1, 2] {
+        let what = format!("{held} rename(s) held");
+        let p = Project::empty();
+        let d = p.dir().to_owned();
+        std::fs::create_dir_all(d.join("d1")).unwrap();
+        std::fs::write(d.join("d1/a"), "A").unwrap();
+        std::fs::write(d.join("d1/t"), "T").unwrap();
+        std::fs::write(d.join("other"), "O").unwrap();
+        let before = digest(&d);
+        let o = Command::new(bin())
+            .arg("mount")
+            .current_dir(&d)
+            .env("SAFEROOT_TEST_FAULT", format!("pause:after-rename:{held}"))
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let pid = daemon_pid(&p);
+        tick();
+        let t0 = now_rfc3339();
+        tick();
+        let spawn = |script: &str| {
+            Command::new("python3")
+                .args(["-c", &format!("import os\n{script}")])
+                .current_dir(&d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut first = spawn("os.rename('d1/a', 'd1/t')");
+        wait_held(pid, 1);
+        let mut second = spawn("os.rename('d1', 'd2')");
+        if held == 2 {
+            wait_held(pid, 2);
+        } else {
+            assert!(
+                second.wait().unwrap().success(),
+                "{what}: the second rename"
+            );
+        }
+        kill_daemon(pid);
+        let _ = first.wait();
+        let _ = second.wait();
+        assert_ok(&p.run(&["umount"]));
+        let recovered = digest(&d);
+        assert_eq!(std::fs::read(d.join("d2/t")).unwrap(), b"A", "{what}");
+        assert!(!d.join("d2/a").exists(), "{what}");
+        assert_ok(&p.run(&["doctor"]));
+        tick();
+        let t1 = now_rfc3339();
+        tick();
+        let o = p.run(&["restore", &t0]);
+        assert_ok(&o);
+        assert!(
+            !stderr(&o).contains("did not match"),
+            "{what}: every record matched: {}",
+            stderr(&o)
+        );
+        assert_same_tree(&before, &digest(&d));
+        assert_ok(&p.run(&["restore", &t1]));
+        assert_same_tree(&recovered, &digest(&d));
+    }
+}
+
 /// Once a rename's records are journaled its intent is forgotten: a later crash does not
 /// journal it again. (A break round moved a file out of a scratch tree over `t`, purged `t`'s
 /// kept version, then killed the daemon: recovery journaled `t`'s removal a second time,

@@ -492,9 +492,27 @@ impl Shared {
     }
 
     /// For tests of crash recovery: die here if `SAFEROOT_TEST_FAULT` names this point.
+    /// `pause:POINT:N` instead holds the first N requests that reach POINT there for good
+    /// (until the daemon is killed), so that others can run meanwhile.
     fn fault_point(&self, point: &str) {
-        if self.fault.as_deref() == Some(point) {
+        let Some(f) = self.fault.as_deref() else {
+            return;
+        };
+        if f == point {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some((p, n)) = f.strip_prefix("pause:").and_then(|r| r.rsplit_once(':')) {
+            static PAUSED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            if p == point
+                && PAUSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    < n.parse::<u32>().unwrap_or(0)
+            {
+                // Named so that a test can see it waiting here.
+                let _ = nix::sys::prctl::set_name(c"fault-paused");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
         }
     }
 

@@ -335,17 +335,20 @@ fn lstat(store: &Store, rel: &Path) -> Option<nix::sys::stat::FileStat> {
 
 /// Settle one intent the journal lacks (see the module documentation). `records`: the
 /// journal as read; `known`: the trash items its records name.
+/// `to_now`: where the intent's destination is now, after the renames of its directories
+/// that came later ([`follow`]).
 pub fn settle(
     store: &Store,
     records: &[Record],
     known: &HashSet<PathBuf>,
     intent: &Intent,
+    to_now: &Path,
 ) -> Outcome {
     let r = &intent.rename;
     let Some(to) = r.to.as_deref() else {
         return Outcome::Undone;
     };
-    let now_at_to = lstat(store, to);
+    let now_at_to = lstat(store, to_now);
     let happened = match (now_at_to.as_ref(), r.ino) {
         (Some(st), Some(ino)) => st.st_ino == ino,
         _ => false,
@@ -425,7 +428,7 @@ pub fn settle(
                 store.dir(),
                 tr.as_path(),
                 store.project(),
-                to,
+                to_now,
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             ),
             None => continue,
@@ -438,6 +441,53 @@ pub fn settle(
         }
     }
     Outcome::Undone
+}
+
+/// A rename or exchange that moved `from` to `to` at `t` (journaled, or recovered).
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub t: i64,
+    pub exchange: bool,
+    pub from: PathBuf,
+    pub to: PathBuf,
+}
+
+impl Move {
+    /// The move a rename or exchange record describes.
+    pub fn of(r: &Record) -> Option<Move> {
+        let exchange = match r.op {
+            journal::Op::Rename => false,
+            journal::Op::Exchange => true,
+            _ => return None,
+        };
+        Some(Move {
+            t: r.t,
+            exchange,
+            from: r.path.clone(),
+            to: r.to.clone()?,
+        })
+    }
+}
+
+/// Where `path`, as it was at `t`, is after the `moves` made later (of it or of a directory
+/// above it), in time order.
+pub fn follow(moves: &[Move], t: i64, path: &Path) -> PathBuf {
+    let mut later: Vec<&Move> = moves.iter().filter(|m| m.t > t).collect();
+    later.sort_by_key(|m| m.t);
+    let mut p = path.to_path_buf();
+    for m in later {
+        if let Ok(rest) = p.strip_prefix(&m.from) {
+            p = m.to.join(rest);
+        } else if m.exchange {
+            if let Ok(rest) = p.strip_prefix(&m.to) {
+                p = m.from.join(rest);
+            }
+        }
+        if p.as_os_str().is_empty() {
+            p = PathBuf::from(".");
+        }
+    }
+    p
 }
 
 /// [`settle`] for a move into a scratch tree (`happened`: the moved inode is at its
@@ -519,6 +569,27 @@ fn set_aside_candidates(store: &Store, rel: &Path, t: i64) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use crate::journal::Op;
+
+    #[test]
+    fn follow_takes_a_path_through_later_moves_of_its_directories() {
+        let mv = |t, exchange, from: &str, to: &str| Move {
+            t,
+            exchange,
+            from: from.into(),
+            to: to.into(),
+        };
+        let moves = [
+            mv(5, false, "d1", "d2"),
+            mv(1, false, "d0", "d1"),
+            mv(7, true, "x", "d2/sub"),
+            mv(9, false, "d2x", "gone"),
+        ];
+        assert_eq!(follow(&moves, 3, Path::new("d1/t")), Path::new("d2/t"));
+        assert_eq!(follow(&moves, 3, Path::new("d1/sub/f")), Path::new("x/f"));
+        assert_eq!(follow(&moves, 0, Path::new("d0/t")), Path::new("d2/t"));
+        assert_eq!(follow(&moves, 6, Path::new("d1/t")), Path::new("d1/t"));
+        assert_eq!(follow(&moves, 6, Path::new("x/y")), Path::new("d2/sub/y"));
+    }
 
     #[test]
     fn slots_round_trip_and_reject_torn_writes() {

@@ -110,16 +110,36 @@ fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
     let mut stuck = None;
     if pending.as_ref().is_some_and(|p| !p.intents.is_empty()) {
         let known: HashSet<PathBuf> = records.iter().filter_map(|r| r.trash.clone()).collect();
-        for i in pending.iter().flat_map(|p| &p.intents) {
-            if i.rename.t < horizon || inflight::journaled(records, i) {
-                continue;
-            }
-            match inflight::settle(store, records, &known, i) {
-                inflight::Outcome::Happened(recs) => settled.extend(recs),
+        let mut open: Vec<&inflight::Intent> = pending
+            .iter()
+            .flat_map(|p| &p.intents)
+            .filter(|i| i.rename.t >= horizon && !inflight::journaled(records, i))
+            .collect();
+        // Newest first: whether one happened is seen at its destination as later moves of
+        // its directories (journaled, or recovered here) left it.
+        open.sort_by_key(|i| std::cmp::Reverse(i.rename.t));
+        let since = open.last().map_or(i64::MAX, |i| i.rename.t);
+        let mut moves: Vec<inflight::Move> = records
+            .iter()
+            .filter(|r| r.t > since)
+            .filter_map(inflight::Move::of)
+            .collect();
+        for i in open {
+            let to = i.rename.to.as_deref().unwrap_or(Path::new(""));
+            let to_now = inflight::follow(&moves, i.rename.t, to);
+            match inflight::settle(store, records, &known, i, &to_now) {
+                inflight::Outcome::Happened(recs) => {
+                    if !i.leaving && !i.arrival {
+                        moves.extend(inflight::Move::of(&i.rename));
+                    }
+                    settled.extend(recs);
+                }
                 inflight::Outcome::Undone => {}
                 inflight::Outcome::Stuck(why) => stuck = Some(why),
             }
         }
+        // Journaled in time order.
+        settled.sort_by_key(|r| r.t);
     }
     remove_tmp_of_dead_writers(store);
     let found = orphans_in(store, records, &settled)?;
