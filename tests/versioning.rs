@@ -801,18 +801,10 @@ fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
     }
 }
 
-/// A rename cut off by a crash is found where later renames of its directory took it: one
-/// request renames `d1/a` over `d1/t` and is held before its records, then `d1` is renamed to
-/// `d2` (journaled, or held too), then the daemon is killed. Recovery follows `d1` to `d2`,
-/// finds the first rename done and journals it; restores to before and after are exact.
-/// (Found by a break round: recovery looked for `d1/t` only, took the rename for undone, and
-/// a restore to before it left `a` missing.)
-#[test]
-fn a_cut_off_rename_is_found_after_its_directory_moved() {
-    if !fuse_available() {
-        return;
-    }
-    let held_threads = |pid: i32| -> usize {
+/// Wait until `n` requests are held in daemon `pid` by a `pause:POINT:N` test fault (the
+/// thread holding each is named `fault-paused`).
+fn wait_held(pid: i32, n: usize) {
+    let held = || {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .map(|r| {
                 r.filter_map(Result::ok)
@@ -824,16 +816,108 @@ fn a_cut_off_rename_is_found_after_its_directory_moved() {
             })
             .unwrap_or(0)
     };
-    let wait_held = |pid: i32, n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while held_threads(pid) < n {
-            assert!(
-                Instant::now() < deadline,
-                "{n} request(s) held in the daemon"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} request(s) held in the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A rename over a file that the daemon did but had not journaled when it died is dated when
+/// it was done, even when the moved file changed after it: here a process writes through a
+/// shared mapping of it (which moves its ctime, and which the daemon does not see) after the
+/// rename and before the crash. A restore to an instant between the rename and that write
+/// gives the renamed tree. (Found by a break round: the recovered rename was dated at the
+/// ctime, after the write, and that restore gave the old names.)
+#[test]
+fn a_recovered_rename_is_dated_when_it_was_done() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir().to_owned();
+    std::fs::create_dir_all(d.join("d1")).unwrap();
+    std::fs::write(d.join("d1/a"), vec![b'a'; 8192]).unwrap();
+    std::fs::write(d.join("d1/t"), "T").unwrap();
+    let o = Command::new(bin())
+        .arg("mount")
+        .current_dir(&d)
+        .env("SAFEROOT_TEST_FAULT", "pause:after-done-mark:1")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let pid = daemon_pid(&p);
+    let mut mapper = Command::new("python3")
+        .args([
+            "-c",
+            "import mmap, sys\n\
+             f = open('d1/a', 'r+b')\n\
+             m = mmap.mmap(f.fileno(), 0)\n\
+             print('mapped', flush=True)\n\
+             sys.stdin.readline()\n\
+             m[0:1] = b'b'\n\
+             m.flush()\n\
+             print('written', flush=True)\n\
+             sys.stdin.readline()",
+        ])
+        .current_dir(&d)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_mapper = mapper.stdin.take().unwrap();
+    let mut from_mapper = std::io::BufReader::new(mapper.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut from_mapper, &mut line).unwrap();
+    assert_eq!(line.trim(), "mapped");
+    let mut mv = Command::new("python3")
+        .args(["-c", "import os\nos.rename('d1/a', 'd1/t')"])
+        .current_dir(&d)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_held(pid, 1);
+    tick();
+    let t1 = now_rfc3339();
+    tick();
+    std::io::Write::write_all(&mut to_mapper, b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut from_mapper, &mut line).unwrap();
+    assert_eq!(line.trim(), "written");
+    kill_daemon(pid);
+    drop(to_mapper);
+    let _ = mapper.wait();
+    let _ = mv.wait();
+    assert_ok(&p.run(&["umount"]));
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    let to = dest.path().join("t1");
+    assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), &t1]));
+    assert!(!to.join("d1/a").exists(), "d1/a was renamed before t1");
+    assert_eq!(
+        std::fs::read(to.join("d1/t")).unwrap(),
+        vec![b'a'; 8192],
+        "d1/t at t1 holds what d1/a held"
+    );
+    assert_ok(&p.run(&["doctor"]));
+}
+
+/// A rename cut off by a crash is found where later renames of its directory took it: one
+/// request renames `d1/a` over `d1/t` and is held before its records, then `d1` is renamed to
+/// `d2` (journaled, or held too), then the daemon is killed. Recovery follows `d1` to `d2`,
+/// finds the first rename done and journals it; restores to before and after are exact.
+/// (Found by a break round: recovery looked for `d1/t` only, took the rename for undone, and
+/// a restore to before it left `a` missing.)
+#[test]
+fn a_cut_off_rename_is_found_after_its_directory_moved() {
+    if !fuse_available() {
+        return;
+    }
     for held in [1, 2] {
         let what = format!("{held} rename(s) held");
         let p = Project::empty();

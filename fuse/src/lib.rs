@@ -440,6 +440,7 @@ impl Shared {
             arrival,
             leaving: false,
             leaving_records: Vec::new(),
+            done_at: None,
         });
     }
 
@@ -463,6 +464,7 @@ impl Shared {
             arrival: false,
             leaving: true,
             leaving_records: Vec::new(),
+            done_at: None,
         };
         f.intend_leaving(&self.store, &intent, recs);
     }
@@ -1265,6 +1267,10 @@ impl Shared {
         // Dated after the change: a write session of the replaced file that began before it
         // must come first in time, so that restore undoes the removal before the session.
         let done = now_ns();
+        if let Some(f) = &self.inflight {
+            f.done(base.t, done);
+        }
+        self.fault_point("after-done-mark");
         kept.t = done;
         if self.fault.as_deref() == Some("between-records") {
             self.journal(req, kept);

@@ -12,15 +12,19 @@
 //! cache, overwriting the thread's previous intent (which was journaled or never started).
 //! The daemon holds the file locked (`flock`) while it lives. After it died, recovery
 //! ([`pending`]) reads every slot and, for each intent the journal does not have, looks at the
-//! tree: if the entry now at the destination is the renamed inode the rename happened, and
-//! its records are journaled (dated at the rename: the moved inode's ctime); if not, it did
-//! not happen, and what was set aside for it (a second name in the trash for the file it
-//! would have replaced, or the empty directory moved into the trash) is put back.
+//! tree: if the entry now at the destination (followed through later renames of its
+//! directories) is the renamed inode the rename happened, and its records are journaled,
+//! dated as the daemon would have (a rename over an entry from the done mark the thread
+//! writes once it is done, else the moved inode's ctime); if not, it did not happen, and what
+//! was set aside for it (a second name in the trash for the file it would have replaced, a
+//! copy, or the empty directory moved into the trash) is removed or put back. Once its
+//! records are journaled the thread forgets the intent. A move into a scratch tree keeps its
+//! many records in a side file, `inflight.<slot>`.
 //!
 //! Slot format: at offset `slot * SLOT_BYTES`, one journal-style line (16 hex digits of
-//! blake3, a space, JSON of [`Intent`], a newline) followed by a NUL byte. A slot whose
-//! checksum does not match (a write cut off by the crash, which then came before the rename)
-//! is ignored.
+//! blake3, a space, JSON of [`Intent`], a newline) followed by a NUL byte, and the done mark
+//! in the slot's last [`MARK_BYTES`]. A slot whose checksum does not match (a write cut off by
+//! the crash, which then came before the rename) is ignored.
 
 use crate::journal::{self, Record};
 use crate::store::TRASH_DIR;
@@ -33,9 +37,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The file in the store directory.
 pub const INFLIGHT_FILE: &str = "inflight";
-/// Bytes per slot. An intent that does not fit (paths of thousands of odd bytes, each
-/// escaped) is not written: that rename is recovered as it was without intents.
-pub const SLOT_BYTES: u64 = 64 * 1024;
+/// Bytes per slot: room for an intent's four paths of `PATH_MAX` bytes each, escaped at six
+/// bytes a byte in JSON (`\u0001`), and for the done mark at the slot's end. An intent that
+/// would not fit (paths longer than any the mount accepts) is not written: that rename is
+/// recovered as it was without intents.
+pub const SLOT_BYTES: u64 = 128 * 1024;
+/// The done mark: `DONE`, the instant the rename was done and the intent's `rename.t` (little
+/// endian), and the first 4 bytes of blake3 of those 20 bytes; the slot's last bytes.
+const MARK_BYTES: u64 = 24;
 /// Slots read back by recovery (threads beyond this write no intent).
 const MAX_SLOTS: u64 = 256;
 
@@ -61,6 +70,27 @@ pub struct Intent {
     /// For `leaving`: the records, as read back from the side file by [`pending`].
     #[serde(skip)]
     pub leaving_records: Vec<Record>,
+    /// When the rename was done, if the daemon marked it ([`Inflight::done`]) before it died.
+    #[serde(skip)]
+    pub done_at: Option<i64>,
+}
+
+fn mark(done: i64, intent_t: i64) -> [u8; MARK_BYTES as usize] {
+    let mut m = [0u8; MARK_BYTES as usize];
+    m[..4].copy_from_slice(b"DONE");
+    m[4..12].copy_from_slice(&done.to_le_bytes());
+    m[12..20].copy_from_slice(&intent_t.to_le_bytes());
+    let sum = blake3::hash(&m[..20]);
+    m[20..].copy_from_slice(&sum.as_bytes()[..4]);
+    m
+}
+
+/// The done mark at the end of a slot's bytes, if whole and for the intent dated `intent_t`.
+fn read_mark(slot: &[u8], intent_t: i64) -> Option<i64> {
+    let m = slot.get(slot.len().checked_sub(MARK_BYTES as usize)?..)?;
+    let done = i64::from_le_bytes(m[4..12].try_into().ok()?);
+    let t = i64::from_le_bytes(m[12..20].try_into().ok()?);
+    (m[..4] == *b"DONE" && t == intent_t && mark(done, t) == *m).then_some(done)
 }
 
 /// The side file of slot `n`, in the store directory.
@@ -108,7 +138,7 @@ impl Inflight {
             return;
         }
         let mut line = encode(intent);
-        if line.len() as u64 >= SLOT_BYTES {
+        if line.len() as u64 >= SLOT_BYTES - MARK_BYTES {
             return;
         }
         line.push(0);
@@ -150,6 +180,16 @@ impl Inflight {
                 leaving: true,
                 ..intent.clone()
             });
+        }
+    }
+
+    /// The rename this thread wrote down (its `rename.t`: `intent_t`) was done at `done`:
+    /// recovery dates it so if the daemon dies before journaling it.
+    pub fn done(&self, intent_t: i64, done: i64) {
+        let slot = SLOT.with(|s| *s);
+        if slot < MAX_SLOTS {
+            let at = (slot * SLOT_BYTES + SLOT_BYTES - MARK_BYTES) as i64;
+            let _ = nix::sys::uio::pwrite(&self.fd, &mark(done, intent_t), at);
         }
     }
 
@@ -242,6 +282,7 @@ pub fn pending(store: &Store) -> Option<Pending> {
     while off < len.min(MAX_SLOTS * SLOT_BYTES) {
         let n = nix::sys::uio::pread(&fd, &mut buf, off as i64).unwrap_or(0);
         if let Some(mut i) = decode(&buf[..n]) {
+            i.done_at = read_mark(&buf[..n], i.rename.t);
             if i.leaving {
                 match read_side_file(store, off / SLOT_BYTES) {
                     Some(recs) => i.leaving_records = recs,
@@ -360,21 +401,31 @@ pub fn settle(
     // What was set aside for the replaced entry, once it was (the second writing).
     let kept_done = kept.filter(|k| k.trash.is_some() || k.object.is_some());
     if happened {
-        // The rename set the moved inode's ctime: that is when it happened (never before the
-        // intent, nor before the replaced entry's record if that one landed alone: file times
-        // come from a coarser clock).
-        let ctime = now_at_to
-            .map(|st| st.st_ctime.saturating_mul(1_000_000_000) + st.st_ctime_nsec)
-            .unwrap_or(r.t);
         let landed = kept_done.and_then(|k| kept_journaled(records, k));
-        let floor = r.t.max(landed.unwrap_or(i64::MIN));
-        let t = ctime.clamp(floor, crate::now_ns().max(floor));
+        // Dated as the daemon would have: a rename to a free name, an exchange and a move out
+        // of scratch at the intent's `t`; a rename over an entry when it was done (both its
+        // records), from the done mark, or if the daemon died before writing that, from the
+        // moved inode's ctime, which the rename set (a later write through a shared mapping
+        // could move it on), never before the intent nor before the replaced entry's record
+        // if that one landed alone (file times come from a coarser clock).
+        let t = match (kept_done, intent.arrival) {
+            (Some(_), false) => {
+                let floor = r.t.max(landed.unwrap_or(i64::MIN));
+                let at = intent.done_at.unwrap_or_else(|| {
+                    now_at_to
+                        .map(|st| st.st_ctime.saturating_mul(1_000_000_000) + st.st_ctime_nsec)
+                        .unwrap_or(r.t)
+                });
+                at.clamp(floor, crate::now_ns().max(floor))
+            }
+            _ => r.t,
+        };
         let note = "recovered: the daemon stopped after this rename, before journaling it";
         let mut out = Vec::new();
         if let Some(k) = kept_done {
             if landed.is_none() {
                 out.push(Record {
-                    t,
+                    t: if intent.arrival { k.t } else { t },
                     note: Some(note.into()),
                     ..k.clone()
                 });
@@ -571,6 +622,21 @@ mod tests {
     use crate::journal::Op;
 
     #[test]
+    fn done_marks_are_bound_to_their_intent() {
+        let mut slot = vec![0u8; 100];
+        slot[100 - MARK_BYTES as usize..].copy_from_slice(&mark(42, 7));
+        assert_eq!(read_mark(&slot, 7), Some(42));
+        assert_eq!(
+            read_mark(&slot, 8),
+            None,
+            "a mark of an earlier intent of the slot"
+        );
+        slot[90] ^= 1;
+        assert_eq!(read_mark(&slot, 7), None, "a torn mark");
+        assert_eq!(read_mark(&[0u8; 10], 7), None);
+    }
+
+    #[test]
     fn follow_takes_a_path_through_later_moves_of_its_directories() {
         let mv = |t, exchange, from: &str, to: &str| Move {
             t,
@@ -606,6 +672,7 @@ mod tests {
             arrival: false,
             leaving: false,
             leaving_records: Vec::new(),
+            done_at: None,
         };
         let mut line = encode(&i);
         line.push(0);
