@@ -126,7 +126,16 @@ enum Io<'n> {
 }
 
 /// State shared by all request threads, and by the daemon's control thread.
+/// What [`Shared::do_rename`] answers when it would move a directory without holding
+/// [`Shared::paths`] exclusively (never returned to the kernel).
+const NEEDS_PATHS_EXCLUSIVE: Errno = Errno::EDEADLK;
+
 pub struct Shared {
+    /// Held shared by every request that changes the tree or journals a record, from before
+    /// it computes a path until its records are written, and exclusively by a rename that
+    /// moves a directory (and so the paths of everything below it): a record's path is then
+    /// always the path at its instant, whatever directory renames run beside it.
+    paths: std::sync::RwLock<()>,
     table: Table,
     /// The project directory's path as the kernel reports it for descriptors under it.
     root_prefix: PathBuf,
@@ -297,6 +306,7 @@ impl SaferootFs {
         };
         Ok(SaferootFs {
             shared: Arc::new(Shared {
+                paths: std::sync::RwLock::new(()),
                 table,
                 root_prefix,
                 store,
@@ -417,6 +427,11 @@ impl Shared {
         }
         c.insert(pid, (now, s.clone()));
         s
+    }
+
+    /// Hold [`Shared::paths`] shared for one request that changes the tree.
+    fn paths_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.paths.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Write down what a rename is about to journal, before doing it (see
@@ -1131,6 +1146,8 @@ impl Shared {
         Ok(true)
     }
 
+    /// `exclusive`: the caller holds [`Shared::paths`] for writing (a directory may move).
+    #[allow(clippy::too_many_arguments)]
     fn do_rename(
         &self,
         req: &Request,
@@ -1139,6 +1156,7 @@ impl Shared {
         newparent: INodeNo,
         newname: &OsStr,
         flags: RenameFlags,
+        exclusive: bool,
     ) -> Result<(), Errno> {
         if is_store(parent, name) {
             return Err(Errno::ENOENT);
@@ -1160,6 +1178,16 @@ impl Shared {
         let t = now_ns();
         let src =
             nix::sys::stat::fstatat(pfd.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+        if !exclusive {
+            let is_dir = |st: &FileStat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            let dst_dir = flags.contains(RenameFlags::RENAME_EXCHANGE)
+                && nix::sys::stat::fstatat(npfd.fd(), newname, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|d| is_dir(&d));
+            if is_dir(&src) || dst_dir {
+                // Moves the paths of others: again, with the paths lock held exclusively.
+                return Err(NEEDS_PATHS_EXCLUSIVE);
+            }
+        }
         let base = Record {
             to: Some(to_rel.clone()),
             kind: Kind::from_mode(src.st_mode),
@@ -2161,6 +2189,7 @@ impl Filesystem for SaferootFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
@@ -2329,6 +2358,7 @@ impl Filesystem for SaferootFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _paths = self.shared.paths_shared();
         let op = if mode & libc::S_IFMT == libc::S_IFREG {
             Op::Create
         } else {
@@ -2374,6 +2404,7 @@ impl Filesystem for SaferootFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _paths = self.shared.paths_shared();
         let r = self.shared.make_entry(
             req,
             parent,
@@ -2394,6 +2425,7 @@ impl Filesystem for SaferootFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         if is_store(parent, name) {
             return reply.error(Errno::ENOENT);
@@ -2433,6 +2465,7 @@ impl Filesystem for SaferootFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         if is_store(parent, name) {
             return reply.error(Errno::ENOENT);
@@ -2492,6 +2525,7 @@ impl Filesystem for SaferootFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _paths = self.shared.paths_shared();
         let r = self.shared.make_entry(
             req,
             parent,
@@ -2521,10 +2555,29 @@ impl Filesystem for SaferootFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self
-            .shared
-            .do_rename(req, parent, name, newparent, newname, flags);
-        self.shared.dirs_moved();
+        // The remembered directory paths are dropped before the lock is let go: a request
+        // that takes it next must not compute a path from them.
+        let r = {
+            let _shared = self.shared.paths_shared();
+            let r = self
+                .shared
+                .do_rename(req, parent, name, newparent, newname, flags, false);
+            if r != Err(NEEDS_PATHS_EXCLUSIVE) {
+                self.shared.dirs_moved();
+            }
+            r
+        };
+        let r = match r {
+            Err(NEEDS_PATHS_EXCLUSIVE) => {
+                let _all = self.shared.paths.write().unwrap_or_else(|p| p.into_inner());
+                let r = self
+                    .shared
+                    .do_rename(req, parent, name, newparent, newname, flags, true);
+                self.shared.dirs_moved();
+                r
+            }
+            r => r,
+        };
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -2539,6 +2592,7 @@ impl Filesystem for SaferootFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         if is_store(newparent, newname) {
             return reply.error(Errno::EPERM);
@@ -2585,6 +2639,7 @@ impl Filesystem for SaferootFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
@@ -2756,6 +2811,7 @@ impl Filesystem for SaferootFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         let r = (|| {
             let f = s.file(fh)?;
@@ -2808,6 +2864,7 @@ impl Filesystem for SaferootFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.shared.paths_shared();
         // close(2) semantics on the backing file (releases POSIX locks, reports delayed errors).
         let r = self.shared.file(fh).and_then(|f| {
             let dup = nix::unistd::dup(f.fd.as_fd()).map_err(errno)?;
@@ -2836,6 +2893,7 @@ impl Filesystem for SaferootFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.shared.paths_shared();
         let file = self
             .shared
             .files
@@ -2882,6 +2940,7 @@ impl Filesystem for SaferootFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.shared.paths_shared();
         let r = self.shared.file(fh).and_then(|f| {
             if datasync {
                 nix::unistd::fdatasync(f.fd.as_fd()).map_err(errno)
@@ -3058,6 +3117,7 @@ impl Filesystem for SaferootFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
@@ -3173,6 +3233,7 @@ impl Filesystem for SaferootFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         let r = (|| {
             let node = s.node(ino)?;
@@ -3219,6 +3280,7 @@ impl Filesystem for SaferootFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         if is_store(parent, name) {
             return reply.error(Errno::EPERM);
@@ -3303,6 +3365,7 @@ impl Filesystem for SaferootFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.shared.paths_shared();
         let r = self.shared.file(fh).and_then(|f| {
             // Only reserving space (with or without changing the size) leaves bytes alone.
             if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
@@ -3357,6 +3420,7 @@ impl Filesystem for SaferootFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _paths = self.shared.paths_shared();
         let s = &self.shared;
         let r = (|| {
             let a = s.file(fh_in)?;
