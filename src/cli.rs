@@ -1140,9 +1140,10 @@ fn restore_cmd(dir: &Path, dry_run: bool, when: &str, paths: &[PathBuf]) -> Resu
         Some(opened) => opened,
         None => open_store(dir)?,
     };
-    if !dry_run {
-        // A restore (or daemon) killed part-way may have left trash items without records;
-        // journal them first so this restore sees them.
+    if !dry_run || !mounted {
+        // A restore (or daemon) killed part-way may have left trash items without records,
+        // or renames it had not journaled; journal them first so this restore sees them (a
+        // dry run too when unmounted, so that it lists what the restore would do).
         let _ = saferoot_snapshots::recover::recover(&store);
     }
     let opts = restore::Options {

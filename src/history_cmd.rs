@@ -33,11 +33,19 @@ see only them and what is below them: `saferoot diff 10:42 -- src notes.md`, \
 }
 
 /// The store, reusing one `resolve_time` had to open for an `@` form.
+/// The store, for a command that reads history (`diff`, `restore --to`). Unmounted, what a
+/// daemon that died left unrecorded is settled first, as the next mount would (renames it
+/// was in the middle of, trash items it had not journaled): the answer is then the one a
+/// `restore` would act on. Mounted, a live daemon owns that, and nothing is written.
 fn store_for(dir: &Path, opened: Option<(Store, bool)>) -> Result<(Store, bool)> {
-    match opened {
-        Some(o) => Ok(o),
-        None => open_store(dir),
+    let (store, mounted) = match opened {
+        Some(o) => o,
+        None => open_store(dir)?,
+    };
+    if !mounted {
+        let _ = saferoot_snapshots::recover::recover(&store);
     }
+    Ok((store, mounted))
 }
 
 fn at(t: i64) -> String {

@@ -1057,6 +1057,55 @@ fn renaming_directories_beside_workers_inside_them_restores_exactly() {
     p.umount();
 }
 
+/// A dead mount detached by something else than saferoot (`umount -l`, a reboot): `diff`,
+/// `restore --dry-run` and `restore --to` settle the rename the daemon died in first, as
+/// `restore` does, so all four agree. (Found by a break round: the three reading commands
+/// answered from a journal without the rename: "0 path(s) would change".)
+#[test]
+fn reading_commands_settle_a_dead_daemons_rename_first() {
+    if !fuse_available() {
+        return;
+    }
+    let p = Project::empty();
+    let d = p.dir().to_owned();
+    std::fs::write(d.join("a"), "A").unwrap();
+    std::fs::write(d.join("t"), "T").unwrap();
+    let o = Command::new(bin())
+        .arg("mount")
+        .current_dir(&d)
+        .env("SAFEROOT_TEST_FAULT", "after-rename")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let pid = daemon_pid(&p);
+    tick();
+    let t0 = now_rfc3339();
+    tick();
+    let o = Command::new("mv")
+        .args(["a", "t"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the daemon dies in the rename");
+    kill_daemon(pid);
+    let o = Command::new("umount").arg("-l").arg(&d).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let o = p.run(&["diff", &t0]);
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "- a\nM t\n");
+    let o = p.run(&["restore", "--dry-run", &t0]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("+ a\nM t\n"), "{}", stdout(&o));
+    let dest = tempfile::Builder::new()
+        .prefix("saferoot-to.")
+        .tempdir()
+        .unwrap();
+    let to = dest.path().join("t0");
+    assert_ok(&p.run(&["restore", "--to", to.to_str().unwrap(), &t0]));
+    assert_eq!(std::fs::read(to.join("a")).unwrap(), b"A");
+    assert_eq!(std::fs::read(to.join("t")).unwrap(), b"T");
+}
+
 /// Once a rename's records are journaled its intent is forgotten: a later crash does not
 /// journal it again. (A break round moved a file out of a scratch tree over `t`, purged `t`'s
 /// kept version, then killed the daemon: recovery journaled `t`'s removal a second time,
