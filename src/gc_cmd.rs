@@ -23,6 +23,9 @@ fn unmounted_store(dir: &Path) -> Result<Option<Store>> {
         // Mounted between the two calls: let the daemon do it.
         return Ok(None);
     }
+    // What a daemon that died left unrecorded (a rename in flight, whose bytes only its
+    // intent names) is journaled first, so that collection keeps what it needs.
+    let _ = saferoot_snapshots::recover::recover(&store);
     Ok(Some(store))
 }
 

@@ -126,6 +126,10 @@ enum Io<'n> {
 }
 
 /// State shared by all request threads, and by the daemon's control thread.
+/// How long a directory rename waits for a moment with no request in flight before it
+/// queues for the paths lock (see [`Shared::paths_exclusive`]).
+const EXCLUSIVE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// What [`Shared::do_rename`] answers when it would move a directory without holding
 /// [`Shared::paths`] exclusively (never returned to the kernel).
 const NEEDS_PATHS_EXCLUSIVE: Errno = Errno::EDEADLK;
@@ -432,6 +436,27 @@ impl Shared {
     /// Hold [`Shared::paths`] shared for one request that changes the tree.
     fn paths_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.paths.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hold [`Shared::paths`] exclusively, for a rename that moves a directory. A writer
+    /// queued on the lock makes new readers wait, so one long request in flight (the first
+    /// write to a large file copies it) would stall every change on the mount behind the
+    /// rename: it first waits for a moment with no request in flight, without queueing, and
+    /// queues only after [`EXCLUSIVE_PATIENCE`] (so that it cannot wait forever).
+    fn paths_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        let until = std::time::Instant::now() + EXCLUSIVE_PATIENCE;
+        loop {
+            match self.paths.try_write() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return self.paths.write().unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
     }
 
     /// Write down what a rename is about to journal, before doing it (see
@@ -2569,7 +2594,7 @@ impl Filesystem for SaferootFs {
         };
         let r = match r {
             Err(NEEDS_PATHS_EXCLUSIVE) => {
-                let _all = self.shared.paths.write().unwrap_or_else(|p| p.into_inner());
+                let _all = self.shared.paths_exclusive();
                 let r = self
                     .shared
                     .do_rename(req, parent, name, newparent, newname, flags, true);
@@ -2864,7 +2889,6 @@ impl Filesystem for SaferootFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _paths = self.shared.paths_shared();
         // close(2) semantics on the backing file (releases POSIX locks, reports delayed errors).
         let r = self.shared.file(fh).and_then(|f| {
             let dup = nix::unistd::dup(f.fd.as_fd()).map_err(errno)?;
@@ -2940,7 +2964,6 @@ impl Filesystem for SaferootFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _paths = self.shared.paths_shared();
         let r = self.shared.file(fh).and_then(|f| {
             if datasync {
                 nix::unistd::fdatasync(f.fd.as_fd()).map_err(errno)

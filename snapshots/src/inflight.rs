@@ -122,11 +122,20 @@ impl Inflight {
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         )
         .map_err(|e| Error::io("open", &path, e))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(Error::io("lock", &path, nix::errno::Errno::last()));
+        // A recovery run by another command (`diff` of the unmounted directory) holds it for
+        // a moment: wait for it, but not for another daemon.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Inflight { fd });
+            }
+            let e = nix::errno::Errno::last();
+            if e != nix::errno::Errno::EWOULDBLOCK || std::time::Instant::now() >= until {
+                return Err(Error::io("lock", &path, e));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Ok(Inflight { fd })
     }
 
     /// Write down, in this thread's slot, the records a rename is about to journal. Best
@@ -527,15 +536,20 @@ pub fn follow(moves: &[Move], t: i64, path: &Path) -> PathBuf {
     later.sort_by_key(|m| m.t);
     let mut p = path.to_path_buf();
     for m in later {
+        // (`join` of an empty rest would add a trailing slash, which lstat of a file refuses.)
+        let moved = |base: &Path, rest: &Path| {
+            if rest.as_os_str().is_empty() {
+                base.to_path_buf()
+            } else {
+                base.join(rest)
+            }
+        };
         if let Ok(rest) = p.strip_prefix(&m.from) {
-            p = m.to.join(rest);
+            p = moved(&m.to, rest);
         } else if m.exchange {
             if let Ok(rest) = p.strip_prefix(&m.to) {
-                p = m.from.join(rest);
+                p = moved(&m.from, rest);
             }
-        }
-        if p.as_os_str().is_empty() {
-            p = PathBuf::from(".");
         }
     }
     p
@@ -554,16 +568,16 @@ fn settle_leaving(
 ) -> Outcome {
     let recs = &intent.leaving_records;
     if happened {
-        let landed = recs.first().is_some_and(|first| {
-            records.iter().rev().any(|j| {
-                j.op == first.op && j.t == first.t && j.path == first.path && j.ino == first.ino
-            })
-        });
-        if landed {
-            return Outcome::Happened(Vec::new());
-        }
+        // All were written in one write(2), which a crash can still cut part-way: add those
+        // that did not land.
+        let landed: HashSet<(&Path, journal::Op, Option<u64>)> = records
+            .iter()
+            .filter(|j| recs.first().is_some_and(|f| j.t == f.t))
+            .map(|j| (j.path.as_path(), j.op, j.ino))
+            .collect();
         let out = recs
             .iter()
+            .filter(|r| !landed.contains(&(r.path.as_path(), r.op, r.ino)))
             .map(|r| Record {
                 note: Some(format!(
                     "{} (recovered: the daemon stopped after this move, before journaling it)",
@@ -622,6 +636,48 @@ mod tests {
     use crate::journal::Op;
 
     #[test]
+    fn a_move_into_scratch_cut_off_in_its_journal_write_gets_the_rest() {
+        use std::os::fd::OwnedFd;
+        let t = tempfile::tempdir().unwrap();
+        let root: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        let store = Store::open_or_create(root.as_fd(), t.path()).unwrap();
+        let rec = |p: &str, op, ino| Record {
+            ino: Some(ino),
+            ..Record::new(9, op, p, 1, "mv")
+        };
+        let recs = vec![
+            rec("d/a", Op::Unlink, 2),
+            rec("d/b", Op::Unlink, 3),
+            rec("d", Op::Rmdir, 1),
+        ];
+        let intent = Intent {
+            rename: Record {
+                to: Some("target/d".into()),
+                ino: Some(1),
+                ..Record::new(9, Op::Rename, "d", 1, "mv")
+            },
+            kept: None,
+            arrival: false,
+            leaving: true,
+            leaving_records: recs.clone(),
+            done_at: None,
+        };
+        let journal = vec![recs[0].clone()];
+        let Outcome::Happened(out) =
+            settle_leaving(&store, &journal, &HashSet::new(), &intent, true)
+        else {
+            panic!("the move happened");
+        };
+        let paths: Vec<_> = out.iter().map(|r| r.path.clone()).collect();
+        assert_eq!(paths, [PathBuf::from("d/b"), PathBuf::from("d")]);
+        let Outcome::Happened(out) = settle_leaving(&store, &recs, &HashSet::new(), &intent, true)
+        else {
+            panic!("the move happened");
+        };
+        assert!(out.is_empty(), "all landed: nothing to add");
+    }
+
+    #[test]
     fn done_marks_are_bound_to_their_intent() {
         let mut slot = vec![0u8; 100];
         slot[100 - MARK_BYTES as usize..].copy_from_slice(&mark(42, 7));
@@ -655,6 +711,8 @@ mod tests {
         assert_eq!(follow(&moves, 0, Path::new("d0/t")), Path::new("d2/t"));
         assert_eq!(follow(&moves, 6, Path::new("d1/t")), Path::new("d1/t"));
         assert_eq!(follow(&moves, 6, Path::new("x/y")), Path::new("d2/sub/y"));
+        let g = follow(&[mv(2, false, "a/f", "b/g")], 1, Path::new("a/f"));
+        assert_eq!(g.as_os_str(), "b/g", "no trailing slash");
     }
 
     #[test]

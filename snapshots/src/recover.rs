@@ -62,6 +62,7 @@ pub fn journal_lost(store: &Store) -> Result<Option<String>> {
 /// ([`journal_lost`]): dating those items in a past nothing else is known of would make
 /// restores to it wrong; `saferoot doctor --repair` ([`recover_all`]) bounds the history first.
 pub fn recover(store: &Store) -> Result<usize> {
+    let _one = one_at_a_time(store);
     let (records, _) = journal::read(store.dir(), store.dir_path())?;
     if records.is_empty() && journal_lost(store)?.is_some() {
         return Ok(0);
@@ -72,6 +73,7 @@ pub fn recover(store: &Store) -> Result<usize> {
 /// [`recover`], even when the journal was lost (`doctor --repair`, which then sets the
 /// oldest restorable instant to the repair).
 pub fn recover_all(store: &Store) -> Result<usize> {
+    let _one = one_at_a_time(store);
     let (records, _) = journal::read(store.dir(), store.dir_path())?;
     recover_with(store, &records)
 }
@@ -97,6 +99,25 @@ fn remove_tmp_of_dead_writers(store: &Store) {
                 crate::gc::remove_tree(store.dir(), &Path::new(crate::store::TMP_DIR).join(&name));
         }
     }
+}
+
+/// The file whose lock recoveries hold, one at a time, from before they read the journal
+/// until they appended to it (two at once would both journal the same trash items).
+const RECOVERING_FILE: &str = "recovering";
+
+/// Wait for any other recovery of this store and hold it off until the result is dropped.
+/// Best effort: without the file (a read-only store) recovery goes on unlocked.
+fn one_at_a_time(store: &Store) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let fd = nix::fcntl::openat(
+        store.dir(),
+        RECOVERING_FILE,
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .ok()?;
+    // SAFETY: flock on a descriptor we own; blocks until the other recovery is done.
+    (unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(fd)
 }
 
 /// [`recover_all`] with the journal's `records` read already.
@@ -141,7 +162,11 @@ fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
         // Journaled in time order.
         settled.sort_by_key(|r| r.t);
     }
-    remove_tmp_of_dead_writers(store);
+    if pending.is_some() {
+        // No daemon is alive (it would hold the lock): no copy in tmp/ is in progress but
+        // those of processes that are still there.
+        remove_tmp_of_dead_writers(store);
+    }
     let found = orphans_in(store, records, &settled)?;
     store.journal().append_all(&settled)?;
     for r in &found {
@@ -325,6 +350,15 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let gone = child.id();
         child.wait().unwrap();
+        // As a daemon that died leaves it: without it no daemon has run, and nothing is
+        // removed.
+        std::fs::write(
+            t.path()
+                .join(crate::store::STORE_DIR)
+                .join(crate::inflight::INFLIGHT_FILE),
+            b"",
+        )
+        .unwrap();
         let tmp = t
             .path()
             .join(crate::store::STORE_DIR)
