@@ -736,14 +736,7 @@ fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
             let after = digest(native.dir());
             assert_ne!(before, after, "{what}: the rename changes the tree");
 
-            let o = Command::new(bin())
-                .arg("mount")
-                .current_dir(&d)
-                .env("SAFEROOT_TEST_FAULT", point)
-                .output()
-                .unwrap();
-            assert_ok(&o);
-            let pid = daemon_pid(&p);
+            let pid = mount_with_fault(&p, point);
             tick();
             let t0 = now_rfc3339();
             tick();
@@ -801,6 +794,19 @@ fn a_rename_cut_off_by_a_crash_is_recovered_at_every_point() {
     }
 }
 
+/// Mount `p` with the test fault `fault` (see `SAFEROOT_TEST_FAULT` in the daemon: it dies,
+/// or holds requests, at that point of a rename); the daemon's pid.
+fn mount_with_fault(p: &Project, fault: &str) -> i32 {
+    let o = Command::new(bin())
+        .arg("mount")
+        .current_dir(p.dir())
+        .env("SAFEROOT_TEST_FAULT", fault)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    daemon_pid(p)
+}
+
 /// Wait until `n` requests are held in daemon `pid` by a `pause:POINT:N` test fault (the
 /// thread holding each is named `fault-paused`).
 fn wait_held(pid: i32, n: usize) {
@@ -842,14 +848,7 @@ fn a_recovered_rename_is_dated_when_it_was_done() {
     std::fs::create_dir_all(d.join("d1")).unwrap();
     std::fs::write(d.join("d1/a"), vec![b'a'; 8192]).unwrap();
     std::fs::write(d.join("d1/t"), "T").unwrap();
-    let o = Command::new(bin())
-        .arg("mount")
-        .current_dir(&d)
-        .env("SAFEROOT_TEST_FAULT", "pause:after-done-mark:1")
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let pid = daemon_pid(&p);
+    let pid = mount_with_fault(&p, "pause:after-done-mark:1");
     let mut mapper = Command::new("python3")
         .args([
             "-c",
@@ -926,14 +925,7 @@ fn a_directory_is_not_renamed_under_a_request_in_flight() {
     std::fs::write(d.join("d1/t"), "T").unwrap();
     std::fs::write(d.join("other"), "O").unwrap();
     let before = digest(&d);
-    let o = Command::new(bin())
-        .arg("mount")
-        .current_dir(&d)
-        .env("SAFEROOT_TEST_FAULT", "pause:after-rename:1")
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let pid = daemon_pid(&p);
+    let pid = mount_with_fault(&p, "pause:after-rename:1");
     tick();
     let t0 = now_rfc3339();
     tick();
@@ -1070,14 +1062,7 @@ fn reading_commands_settle_a_dead_daemons_rename_first() {
     let d = p.dir().to_owned();
     std::fs::write(d.join("a"), "A").unwrap();
     std::fs::write(d.join("t"), "T").unwrap();
-    let o = Command::new(bin())
-        .arg("mount")
-        .current_dir(&d)
-        .env("SAFEROOT_TEST_FAULT", "after-rename")
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let pid = daemon_pid(&p);
+    let pid = mount_with_fault(&p, "after-rename");
     tick();
     let t0 = now_rfc3339();
     tick();
