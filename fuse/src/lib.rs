@@ -125,7 +125,6 @@ enum Io<'n> {
     Cached,
 }
 
-/// State shared by all request threads, and by the daemon's control thread.
 /// How long a directory rename waits for a moment with no request in flight before it
 /// queues for the paths lock (see [`Shared::paths_exclusive`]).
 const EXCLUSIVE_PATIENCE: Duration = Duration::from_secs(10);
@@ -134,6 +133,7 @@ const EXCLUSIVE_PATIENCE: Duration = Duration::from_secs(10);
 /// [`Shared::paths`] exclusively (never returned to the kernel).
 const NEEDS_PATHS_EXCLUSIVE: Errno = Errno::EDEADLK;
 
+/// State shared by all request threads, and by the daemon's control thread.
 pub struct Shared {
     /// Held shared by every request that changes the tree or journals a record, from before
     /// it computes a path until its records are written, and exclusively by a rename that
@@ -467,20 +467,17 @@ impl Shared {
         let pid = req.pid();
         let comm = self.comm(pid);
         f.intend(&saferoot_snapshots::inflight::Intent {
-            rename: Record {
-                pid,
-                comm: comm.clone(),
-                ..rename.clone()
-            },
             kept: kept.map(|k| Record {
                 pid,
-                comm,
+                comm: comm.clone(),
                 ..k.clone()
             }),
             arrival,
-            leaving: false,
-            leaving_records: Vec::new(),
-            done_at: None,
+            ..saferoot_snapshots::inflight::Intent::new(Record {
+                pid,
+                comm,
+                ..rename.clone()
+            })
         });
     }
 
@@ -494,19 +491,12 @@ impl Shared {
             r.comm = comm.clone();
         }
         let Some(f) = &self.inflight else { return };
-        let intent = saferoot_snapshots::inflight::Intent {
-            rename: Record {
-                pid,
-                comm,
-                ..rename.clone()
-            },
-            kept: None,
-            arrival: false,
-            leaving: true,
-            leaving_records: Vec::new(),
-            done_at: None,
-        };
-        f.intend_leaving(&self.store, &intent, recs);
+        let intent = saferoot_snapshots::inflight::Intent::new(Record {
+            pid,
+            comm,
+            ..rename.clone()
+        });
+        f.intend_leaving(&self.store, intent, recs);
     }
 
     /// The rename just written down failed, or its records were journaled: forget it (a
@@ -529,6 +519,8 @@ impl Shared {
             })
             .collect();
         if let Err(e) = self.store.journal().append_all(&recs) {
+            // The bytes are already safe in the store; only the records are missing, and the
+            // trash is re-indexed from itself at the next mount.
             warn!("journal append failed: {e}");
         }
     }
@@ -559,16 +551,7 @@ impl Shared {
     }
 
     fn journal(&self, req: &Request, rec: Record) {
-        let rec = Record {
-            pid: req.pid(),
-            comm: self.comm(req.pid()),
-            ..rec
-        };
-        if let Err(e) = self.store.journal().append(&rec) {
-            // The bytes are already safe in the store; only the record is missing, and the
-            // trash is re-indexed from itself at the next mount.
-            warn!("journal append failed: {e}");
-        }
+        self.journal_all(req, vec![rec]);
     }
 
     /// Refuse (EACCES) a change to a protected path by a sandboxed agent, and record it in the

@@ -93,6 +93,20 @@ fn read_mark(slot: &[u8], intent_t: i64) -> Option<i64> {
     (m[..4] == *b"DONE" && t == intent_t && mark(done, t) == *m).then_some(done)
 }
 
+impl Intent {
+    /// The intent of a rename that replaces nothing; the other fields are set where they apply.
+    pub fn new(rename: Record) -> Intent {
+        Intent {
+            rename,
+            kept: None,
+            arrival: false,
+            leaving: false,
+            leaving_records: Vec::new(),
+            done_at: None,
+        }
+    }
+}
+
 /// The side file of slot `n`, in the store directory.
 fn side_file(n: u64) -> String {
     format!("{INFLIGHT_FILE}.{n}")
@@ -157,7 +171,7 @@ impl Inflight {
     /// [`Inflight::intend`] for a move into a scratch tree: `recs` (every record it will
     /// journal) go to the slot's side file first, then the intent, marked `leaving`, to the
     /// slot. Nothing is written down when the side file cannot be.
-    pub fn intend_leaving(&self, store: &Store, intent: &Intent, recs: &[Record]) {
+    pub fn intend_leaving(&self, store: &Store, intent: Intent, recs: &[Record]) {
         let slot = SLOT.with(|s| *s);
         if slot >= MAX_SLOTS {
             return;
@@ -187,7 +201,7 @@ impl Inflight {
         if written.is_ok() {
             self.intend(&Intent {
                 leaving: true,
-                ..intent.clone()
+                ..intent
             });
         }
     }
@@ -305,33 +319,20 @@ pub fn pending(store: &Store) -> Option<Pending> {
         }
         off += SLOT_BYTES;
     }
-    Some(Pending {
-        fd,
-        intents,
-        store: store.dir().try_clone_to_owned().ok(),
-    })
+    Some(Pending { fd, intents })
 }
 
 /// What [`pending`] found.
 pub struct Pending {
     fd: OwnedFd,
     pub intents: Vec<Intent>,
-    store: Option<OwnedFd>,
 }
 
 impl Pending {
     /// Every intent was settled (journaled, or what was set aside put back): forget them.
-    pub fn done(self) {
+    pub fn done(self, store: &Store) {
         let _ = nix::unistd::ftruncate(self.fd.as_fd(), 0);
-        if let Some(dir) = &self.store {
-            for n in 0..MAX_SLOTS {
-                let _ = nix::unistd::unlinkat(
-                    dir,
-                    side_file(n).as_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
-            }
-        }
+        remove_side_files(store);
     }
 }
 
@@ -651,16 +652,13 @@ mod tests {
             rec("d", Op::Rmdir, 1),
         ];
         let intent = Intent {
-            rename: Record {
+            leaving: true,
+            leaving_records: recs.clone(),
+            ..Intent::new(Record {
                 to: Some("target/d".into()),
                 ino: Some(1),
                 ..Record::new(9, Op::Rename, "d", 1, "mv")
-            },
-            kept: None,
-            arrival: false,
-            leaving: true,
-            leaving_records: recs.clone(),
-            done_at: None,
+            })
         };
         let journal = vec![recs[0].clone()];
         let Outcome::Happened(out) =
@@ -718,19 +716,15 @@ mod tests {
     #[test]
     fn slots_round_trip_and_reject_torn_writes() {
         let i = Intent {
-            rename: Record {
-                to: Some("b/1".into()),
-                ino: Some(7),
-                ..Record::new(5, Op::Rename, "a/1", 1, "mv")
-            },
             kept: Some(Record {
                 trash: Some("trash/x/b/1".into()),
                 ..Record::new(5, Op::Unlink, "b/1", 1, "mv")
             }),
-            arrival: false,
-            leaving: false,
-            leaving_records: Vec::new(),
-            done_at: None,
+            ..Intent::new(Record {
+                to: Some("b/1".into()),
+                ino: Some(7),
+                ..Record::new(5, Op::Rename, "a/1", 1, "mv")
+            })
         };
         let mut line = encode(&i);
         line.push(0);

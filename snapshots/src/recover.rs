@@ -169,9 +169,7 @@ fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
     }
     let found = orphans_in(store, records, &settled)?;
     store.journal().append_all(&settled)?;
-    for r in &found {
-        store.journal().append(r)?;
-    }
+    store.journal().append_all(&found)?;
     let n = settled.len() + found.len();
     if n > 0 {
         store.journal().sync()?;
@@ -180,7 +178,7 @@ fn recover_with(store: &Store, records: &[Record]) -> Result<usize> {
         // Left in the file for the next recovery (`doctor`, or a mount before a daemon's
         // threads write over its slot) to try again.
         (_, Some(why)) => return Err(crate::Error::Invalid(why)),
-        (Some(p), None) => p.done(),
+        (Some(p), None) => p.done(store),
         (None, None) => {}
     }
     Ok(n)
